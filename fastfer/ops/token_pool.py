@@ -1,0 +1,136 @@
+"""Attentive Token Pooling attention op: validation, ``fastfer::token_pool_attention`` (custom_op + fake +
+autograd), dispatch."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from fastfer.ops import _backends, _checks
+from fastfer.ops.reference import CLS_SCORES
+
+
+class TokenPoolOutput(NamedTuple):
+    out: Tensor  # (B, M, H·D), qkv.dtype — attention output of the kept queries
+    index: Tensor  # (B, M) int64 — 0, then the kept positions ascending
+    cls_scores: Tensor  # (B, N) float32
+
+
+def _validate(qkv: Tensor, keep: Optional[int], scale: Optional[float], score: str) -> tuple[int, int, int, int]:
+    """Check the arguments of token_pool_attention; returns (B, N, H, D)."""
+    _checks.tensor("qkv", qkv)
+    _checks.rank("qkv", qkv, (5,), "(B, N, 3, H, D) packed qkv")
+    B, N, three, H, D = qkv.shape
+    if three != 3:
+        raise ValueError(f"qkv: expected shape (B, N, 3, H, D) with 3 at dim 2, got {tuple(qkv.shape)}")
+    if N == 0 or H == 0 or D == 0:
+        raise ValueError(f"qkv: expected N, H and D ≥ 1, got shape {tuple(qkv.shape)}")
+    if D > _checks.MAX_HEAD_DIM:
+        raise ValueError(f"qkv: expected head dim D ≤ {_checks.MAX_HEAD_DIM}, got D={D} (shape {tuple(qkv.shape)})")
+    _checks.float_dtype("qkv", qkv)
+    if keep is not None:
+        if N < 2:
+            raise ValueError(f"keep: expected None for a single token (N=1), got {keep}")
+        _checks.integer("keep", keep, 1, N - 1, f"non-CLS tokens kept out of N-1={N - 1}")
+    _checks.finite_scale(scale)
+    _checks.choice("score", score, CLS_SCORES)
+    return B, N, H, D
+
+
+def _outputs(qkv: Tensor, keep: Optional[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Uninitialised (out, index, cls_scores, lse) of the right shapes (fake kernel, empty batch)."""
+    B, N, _, H, D = qkv.shape
+    M = N if keep is None else 1 + keep
+    return (
+        qkv.new_empty(B, M, H * D),
+        qkv.new_empty(B, M, dtype=torch.int64),
+        qkv.new_empty(B, N, dtype=torch.float32),
+        qkv.new_empty(B, H, M, dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("fastfer::token_pool_attention", mutates_args=())
+def _token_pool_op(
+    qkv: Tensor, keep: Optional[int], scale: Optional[float], score: str, backend: Optional[str]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns (out, index, cls_scores, lse); lse (B, H, M) fp32 is the natural-log softmax normaliser of
+    each kept row, saved for the backward pass."""
+    B, N, H, D = _validate(qkv, keep, scale, score)
+    if B == 0:
+        return _outputs(qkv, keep)
+    scale = D**-0.5 if scale is None else scale
+    call = _backends.Call("token_pool_attention", qkv.device, qkv.dtype, head_dim=D)
+    return tuple(_backends.select(call, backend).load().token_pool_attention(qkv, keep, scale, score))
+
+
+@_token_pool_op.register_fake
+def _token_pool_fake(qkv, keep, scale, score, backend):
+    _validate(qkv, keep, scale, score)
+    return _outputs(qkv, keep)
+
+
+@torch.library.custom_op("fastfer::token_pool_attention_backward", mutates_args=())
+def _token_pool_backward_op(
+    grad_out: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, index: Tensor, scale: float, backend: Optional[str]
+) -> Tensor:
+    """d(qkv) (B, N, 3, H, D) for the kept query rows against all N keys; dropped query rows get zero."""
+    if qkv.shape[0] == 0:
+        return torch.zeros_like(qkv, memory_format=torch.contiguous_format)
+    call = _backends.Call("token_pool_attention", qkv.device, qkv.dtype, head_dim=qkv.shape[-1])
+    impl = _backends.select(call, backend).load()
+    return impl.token_pool_attention_backward(grad_out, qkv, out, lse, index, scale)
+
+
+@_token_pool_backward_op.register_fake
+def _token_pool_backward_fake(grad_out, qkv, out, lse, index, scale, backend):
+    return torch.empty_like(qkv, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    qkv, _, scale, _, backend = inputs
+    out, index, scores, lse = output
+    ctx.save_for_backward(qkv, out, lse, index)
+    ctx.mark_non_differentiable(index, scores, lse)
+    ctx.scale = qkv.shape[-1] ** -0.5 if scale is None else scale
+    ctx.backend = backend
+
+
+def _backward(ctx, grad_out, _grad_index, _grad_scores, _grad_lse):
+    qkv, out, lse, index = ctx.saved_tensors
+    dqkv = _token_pool_backward_op(grad_out.contiguous(), qkv, out, lse, index, ctx.scale, ctx.backend)
+    return dqkv, None, None, None, None
+
+
+_token_pool_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def token_pool_attention(
+    qkv: Tensor,
+    keep: Optional[int] = None,
+    *,
+    scale: Optional[float] = None,
+    score: str = "logit_sum",
+    backend: Optional[str] = None,
+) -> TokenPoolOutput:
+    """Multi-head self-attention that also pools tokens (APViT Attentive Token Pooling).
+
+    Args:
+        qkv: (B, N, 3, H, D) — the reshaped output of the qkv Linear, read in place; token 0 is CLS. D ≤ 256.
+        keep: non-CLS tokens to keep (1 ≤ keep ≤ N-1), or None for plain attention over all tokens.
+        scale: logit scale, default D**-0.5.
+        score: CLS-row score over heads: ``logit_sum`` Σ_h scale·q₀·kⱼ before softmax (APViT) or
+            ``prob_mean`` mean_h softmax row (EViT).
+        backend: ``triton``, ``cuda``, ``cpu``, ``torch`` or None (automatic; see ``fastfer.ops.backends()``).
+
+    Returns:
+        ``TokenPoolOutput(out (B, M, H·D), index (B, M) int64, cls_scores (B, N) fp32)`` with M = 1 + keep
+        (N when keep is None). ``out`` is the attention output of the kept queries only, each attending to
+        all N keys, in token layout ready for the output projection; ``index`` is 0 followed by the kept
+        positions in ascending order. The caller gathers its residual stream with ``index``: since the
+        projection is per token, gather(x + proj(attn)) == gather(x) + proj(out). Selection: highest scores
+        win, ties go to the lower position, NaN ranks lowest. Gradients flow to qkv, not through the scores.
+    """
+    _validate(qkv, keep, scale, score)
+    out, index, cls_scores, _lse = _token_pool_op(qkv, keep, _checks.finite_scale(scale), score, backend)
+    return TokenPoolOutput(out, index, cls_scores)
