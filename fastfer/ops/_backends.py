@@ -164,6 +164,9 @@ def backends() -> list[dict[str, Any]]:
         b = _REGISTRY[name]
         available: dict[str, Any] = {}
         for dev in ("cpu", "cuda"):
+            if dev == "cuda" and not torch.cuda.is_available():
+                available[dev] = "no CUDA device"
+                continue
             why = b.not_supported_reasons(Call(b.ops[0], torch.device(dev), torch.float32))
             available[dev] = True if not why else "; ".join(why)
         table.append(
