@@ -1,0 +1,43 @@
+"""PoolingBlock: a pre-norm ViT block whose attention can drop tokens (APViT's PoolingBlock)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from timm.layers import DropPath, Mlp
+from torch import Tensor, nn
+
+from fastfer.nn.attention import TokenPoolAttention
+
+
+def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
+    """x (B, N, C), index (B, M) → x[b, index[b]] (B, M, C)."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class PoolingBlock(nn.Module):
+    """x → x + attn(LN(x)) → keep the tokens the attention selected → x + MLP(LN(x)).
+
+    ``forward(x)``: x (B, N, dim) with CLS at 0 → (B, M, dim), M = 1 + keep (N when nothing is dropped).
+    The residual is gathered after the attention residual and before the MLP, exactly where APViT prunes;
+    since the projection is per token, only the kept queries' attention is ever computed.
+    Submodule names (norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2) match timm's ViT Block.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
+                 keep_rate: Optional[float] = None, keep: Optional[int] = None, score: str = "logit_sum",
+                 scale: Optional[float] = None, drop_path: float = 0.0, norm_eps: float = 1e-6,
+                 act_layer: type[nn.Module] = nn.GELU, backend: Optional[str] = None):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = TokenPoolAttention(dim, num_heads, keep_rate=keep_rate, keep=keep, score=score,
+                                       qkv_bias=qkv_bias, scale=scale, backend=backend)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y, index = self.attn(self.norm1(x))
+        if index is not None:
+            x = gather_tokens(x, index)
+        x = x + self.drop_path(y)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
