@@ -8,7 +8,7 @@ them by :func:`remap_evolve_body`. Written from the published architecture (face
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Optional, Sequence
 
 from torch import Tensor, nn
 
@@ -84,24 +84,36 @@ class IRSE(nn.Module):
         num_stages: build only the first ``num_stages`` stages (APViT: 3 → 256 channels at 1/8 resolution).
         input_size: the face crop size the weights were trained for (112 or 224); recorded, not enforced —
             the trunk is fully convolutional.
+        units: units per stage, overriding ``num_layers``'s table (at least ``num_stages`` entries); for
+            small variants such as ``apvit_tiny``.
+        widths: channels per stage, overriding (64, 128, 256, 512); the stem has ``widths[0]`` channels.
 
     ``forward(x)``: x (B, 3, H, W) → (B, out_channels, H / 2**num_stages, W / 2**num_stages);
     at 112² with 3 stages: (B, 256, 14, 14).
     """
 
-    def __init__(self, num_layers: int = 50, mode: str = "ir", num_stages: int = 4, input_size: int = 112):
+    def __init__(self, num_layers: int = 50, mode: str = "ir", num_stages: int = 4, input_size: int = 112, *,
+                 units: Optional[Sequence[int]] = None, widths: Optional[Sequence[int]] = None):
         super().__init__()
         _check_config(num_layers, mode, num_stages, input_size)
+        units = tuple(STAGE_UNITS[num_layers] if units is None else units)
+        widths = tuple(STAGE_DEPTHS if widths is None else widths)
+        for name, values in (("units", units), ("widths", widths)):
+            if len(values) < num_stages or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f"{name}: expected at least num_stages={num_stages} positive ints, got {values}")
         self.num_layers = num_layers
         self.mode = mode
         self.num_stages = num_stages
         self.input_size = input_size
-        self.input_layer = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64))
+        self.units = units[:num_stages]
+        self.widths = widths[:num_stages]
+        stem = widths[0]
+        self.input_layer = nn.Sequential(nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.PReLU(stem))
         stages = []
-        in_channels = 64
-        for units, depth in zip(STAGE_UNITS[num_layers][:num_stages], STAGE_DEPTHS):
+        in_channels = stem
+        for n_units, depth in zip(self.units, self.widths):
             blocks = [BottleneckIR(in_channels, depth, 2, se=mode == "ir_se")]
-            blocks += [BottleneckIR(depth, depth, 1, se=mode == "ir_se") for _ in range(units - 1)]
+            blocks += [BottleneckIR(depth, depth, 1, se=mode == "ir_se") for _ in range(n_units - 1)]
             stages.append(nn.Sequential(*blocks))
             in_channels = depth
         self.body = nn.Sequential(*stages)
@@ -115,6 +127,10 @@ class IRSE(nn.Module):
 
     def remap_evolve_body(self, state_dict: dict, dropped: Optional[list] = None) -> dict:
         """face.evoLVe flat keys → this trunk's keys; see :func:`remap_evolve_body`."""
+        standard = (STAGE_UNITS[self.num_layers][: self.num_stages], STAGE_DEPTHS[: self.num_stages])
+        if (self.units, self.widths) != standard:
+            raise ValueError(f"remap_evolve_body: this trunk has custom units/widths {self.units}/{self.widths}; "
+                             f"face.evoLVe checkpoints are IR-{self.num_layers} with {standard[0]}/{standard[1]}")
         return remap_evolve_body(state_dict, self.num_layers, self.num_stages, dropped)
 
 

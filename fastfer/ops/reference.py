@@ -133,7 +133,8 @@ def token_pool_attention(
     Returns
       out (B, M, H·D) in qkv.dtype: attention output of the M = 1 + keep kept queries over all N keys;
       index (B, M) int64: 0 first, then the kept positions ascending (0..N-1 when keep is None);
-      cls_scores (B, N) fp32; lse (B, H, M) fp32: natural-log log-sum-exp of each kept row (for backward).
+      cls_scores (B, N) fp32; lse (B, H, M): natural-log log-sum-exp of each kept row, fp32 (fp64 for fp64
+      inputs), saved for the backward pass.
     Differentiable w.r.t. qkv (not through the selection).
     """
     B, N, _, H, D = qkv.shape
@@ -155,7 +156,7 @@ def attend(qkv: Tensor, index: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     """Attention of the queries at ``index`` over all keys, materialising the (B, H, M, N) logits.
 
     qkv: (B, N, 3, H, D); index: (B, M). Returns out (B, M, H·D) in qkv.dtype and lse (B, H, M) fp32
-    (natural log). Differentiable w.r.t. qkv.
+    (fp64 for fp64 inputs; natural log). Differentiable w.r.t. qkv.
     """
     B, N, _, H, D = qkv.shape
     M = index.shape[1]
@@ -164,7 +165,8 @@ def attend(qkv: Tensor, index: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     logits = scale * q_kept @ k.transpose(-1, -2)  # (B, H, M, N)
     lse = torch.logsumexp(logits, dim=-1)
     out = logits.softmax(-1) @ v  # (B, H, M, D)
-    return out.transpose(1, 2).reshape(B, M, H * D).to(qkv.dtype), lse.detach().float()
+    lse_dtype = torch.float64 if qkv.dtype == torch.float64 else torch.float32
+    return out.transpose(1, 2).reshape(B, M, H * D).to(qkv.dtype), lse.detach().to(lse_dtype)
 
 
 def token_pool_attention_backward(

@@ -46,7 +46,7 @@ def _outputs(qkv: Tensor, keep: Optional[int]) -> tuple[Tensor, Tensor, Tensor, 
         qkv.new_empty(B, M, H * D),
         qkv.new_empty(B, M, dtype=torch.int64),
         qkv.new_empty(B, N, dtype=torch.float32),
-        qkv.new_empty(B, H, M, dtype=torch.float32),
+        qkv.new_empty(B, H, M, dtype=torch.float64 if qkv.dtype == torch.float64 else torch.float32),
     )
 
 
@@ -54,8 +54,8 @@ def _outputs(qkv: Tensor, keep: Optional[int]) -> tuple[Tensor, Tensor, Tensor, 
 def _token_pool_op(
     qkv: Tensor, keep: Optional[int], scale: Optional[float], score: str, backend: Optional[str]
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Returns (out, index, cls_scores, lse); lse (B, H, M) fp32 is the natural-log softmax normaliser of
-    each kept row, saved for the backward pass."""
+    """Returns (out, index, cls_scores, lse); lse (B, H, M) is the natural-log softmax normaliser of each
+    kept row (fp32; fp64 for fp64 inputs), saved for the backward pass."""
     B, N, H, D = _validate(qkv, keep, scale, score)
     if B == 0:
         return _outputs(qkv, keep)
