@@ -18,5 +18,18 @@ def interpreting() -> bool:
         module = sys.modules.get(f"{__name__}.{name}")
         if module is not None:
             return module.INTERPRETED
+    return _env_interpret()
+
+
+def _env_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on", "y")
+
+
+def interpret_mode_at_import() -> bool:
+    """What triton itself decides for kernels decorated now (kernel modules record it at import)."""
+    try:
+        from triton import knobs  # triton ≥ 3.4
+    except ImportError:
+        return _env_interpret()
+    return bool(knobs.runtime.interpret)
 

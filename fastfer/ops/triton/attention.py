@@ -16,11 +16,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton import knobs
 
 from fastfer.ops import _buffers
+from fastfer.ops.triton import interpret_mode_at_import
 
-INTERPRETED = bool(knobs.runtime.interpret)
+INTERPRETED = interpret_mode_at_import()
 LOG2E = 1.4426950408889634
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton import knobs
 
 from fastfer.ops import _buffers
+from fastfer.ops.triton import interpret_mode_at_import
 from fastfer.ops.triton.topk import select_topk_positional
 
-INTERPRETED = bool(knobs.runtime.interpret)
+INTERPRETED = interpret_mode_at_import()
 SCORE_CODES = {"logit_sum": 0, "prob_mean": 1}
 
 
