@@ -21,8 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from fastfer.data.base import (IMG_EXTENSIONS, CorruptImageError, DatasetFormatError, FERDataset, read_image,
-                               require_dir, require_file)
+from fastfer.data.base import (IMG_EXTENSIONS, CorruptImageError, DatasetFormatError, FERDataset, UnknownLabelError,
+                               read_image, require_dir, require_file)
 from fastfer.data.fer2013 import iter_csv, parse_label
 from fastfer.data.labels import NATIVE_ORDERS, normalize_name
 
@@ -114,7 +114,11 @@ class AffectNet(FERDataset):
                 if native > 10:
                     raise ValueError(f"AffectNet folder {d}: expected a class id 0..10, got {d.name}")
             else:  # a class named by its word: find it in the AffectNet order by name
-                native = [normalize_name(n) for n in self.native_names].index(normalize_name(d.name))
+                known = [normalize_name(n) for n in self.native_names]
+                if normalize_name(d.name) not in known:
+                    raise UnknownLabelError(f"AffectNet folder {d}: {d.name!r} is not an AffectNet class "
+                                            f"(expected an id 0..10 or one of {', '.join(self.native_names)})")
+                native = known.index(normalize_name(d.name))
             for f in sorted(d.iterdir()):
                 if f.suffix.lower() in IMG_EXTENSIONS:
                     self._add_native(f"{d.name}/{f.name}", native)

@@ -126,6 +126,11 @@ class FERPlus(FERDataset):
                 raise DatasetFormatError(votes_path, line, f"no matching row left in {pixels_path}: the two files "
                                                            f"must have the same rows in the same order")
             pix_line, pix_row = pix
+            if pix_row["Usage"].strip() != vote_row["Usage"].strip():
+                raise DatasetFormatError(
+                    votes_path, line, f"Usage {vote_row['Usage'].strip()!r} differs from {pixels_path} line "
+                                      f"{pix_line} ({pix_row['Usage'].strip()!r}): the two files must have the "
+                                      f"same rows in the same order")
             if vote_row["Usage"].strip() != USAGE[self.split]:
                 continue
             if not vote_row["Image name"].strip():

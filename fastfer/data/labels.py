@@ -10,7 +10,7 @@ as their sources spell them; :func:`normalize_name` folds the spellings (case-in
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -142,7 +142,3 @@ def permute_classifier_rows(weight: Tensor, bias: Tensor | None, native_names: S
     mapping = order_map(native_names, target_names)
     return permute_rows(weight, mapping), (None if bias is None else permute_rows(bias, mapping))
 
-
-def names_from_folders(folders: Iterable[str], num_classes: int = 8) -> dict[str, int | None]:
-    """Canonical index (or None = dropped) for each class-folder name, by name."""
-    return {f: canonical_index(f, num_classes) for f in folders}

@@ -3,11 +3,12 @@
 Input: an RGB image as ``uint8 [3, H, W]`` tensor (what the readers return), a PIL image or an ``[H, W, 3]``
 numpy array. Output: ``float32 [3, S, S]`` normalised tensor, ``S`` = the recipe's input size.
 
-| recipe | size | mean / std ([0, 1] scale) | train augmentation |
-|---|---|---|---|
-| ``apvit`` | 112 | ImageNet | rotate ±6° (p 0.5), RandomResizedCrop(scale 0.8–1, ratio 1), flip, grayscale 0.2, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8 (in RGB), RandomErasing p 0.5 (random values) |
-| ``fer_former`` | 112 | RAF-DB (0.5751, 0.4491, 0.4006) / (0.2064, 0.1888, 0.1803) | resize, grayscale 0.3, flip, RandomErasing p 0.5 (zeros) |
-| ``conv_cut`` | 224 | ImageNet | resize, flip, RandomContrast factor in [0.7, 1.3] |
+- ``apvit``: 112 px, ImageNet mean/std; train: rotate ±6° (p 0.5) → RandomResizedCrop(scale 0.8–1, ratio 1) →
+  flip → grayscale 0.2 → ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8 (in RGB, not on BGR as the original) →
+  normalise → RandomErasing p 0.5 (random values).
+- ``fer_former``: 112 px, RAF-DB mean (0.5751, 0.4491, 0.4006) / std (0.2064, 0.1888, 0.1803); train: resize →
+  grayscale 0.3 → flip → normalise → RandomErasing p 0.5 (zeros).
+- ``conv_cut``: 224 px, ImageNet mean/std; train: resize → flip → RandomContrast factor in [0.7, 1.3] → normalise.
 
 Test: resize to S×S, normalise. Where the original code resized with OpenCV / TF bilinear (APViT, Conv-cut) the
 resize runs without antialiasing to stay close to it; FER-former resized PIL images (antialiased).
@@ -73,7 +74,7 @@ def build_transforms(recipe: str, train: bool, input_size: int | None = None):
 
     ``input_size`` overrides the recipe's side length (square output).
     """
-    from torchvision.transforms import v2
+    from torchvision.transforms import InterpolationMode, v2
 
     name = recipe_name(recipe)
     cfg = RECIPES[name]
@@ -86,7 +87,7 @@ def build_transforms(recipe: str, train: bool, input_size: int | None = None):
         return v2.Compose(head + [v2.Resize((size, size), antialias=(name == "fer_former"))] + to_float)
     if name == "apvit":
         aug = [
-            v2.RandomApply([v2.RandomRotation(6, interpolation=v2.InterpolationMode.BILINEAR)], p=0.5),
+            v2.RandomApply([v2.RandomRotation(6, interpolation=InterpolationMode.BILINEAR)], p=0.5),
             v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(1.0, 1.0), antialias=False),
             v2.RandomHorizontalFlip(0.5),
             v2.RandomGrayscale(0.2),

@@ -104,6 +104,9 @@ def test_folder_layout_ids_not_alphabetical(tmp_path):
     write_image(tmp_path / "train" / "bored" / "a.png", 1)
     with pytest.raises(UnknownLabelError, match="unknown label name 'bored'"):
         AffectNet(tmp_path, "train")
+    (tmp_path / "train" / "bored").rename(tmp_path / "train" / "NF")  # a FERPlus class, not an AffectNet one
+    with pytest.raises(UnknownLabelError, match="'NF' is not an AffectNet class"):
+        AffectNet(tmp_path, "train")
 
 
 def test_layout_detection_and_arguments(tmp_path):

@@ -107,6 +107,10 @@ def test_csv_layout_errors(tmp_path):
     root = make_csv_pair(tmp_path, extra_fer_row=True)
     with pytest.raises(DatasetFormatError, match="fer2013.csv, line 8: more rows than .*fer2013new.csv"):
         FERPlus(root, "train")
+    text = (root / "fer2013.csv").read_text().replace("PublicTest", "Training")
+    (root / "fer2013.csv").write_text(text)
+    with pytest.raises(DatasetFormatError, match="fer2013new.csv, line 4: Usage 'PublicTest' differs from .*line 4"):
+        FERPlus(root, "train")
     (root / "fer2013.csv").unlink()
     with pytest.raises(FileNotFoundError, match="FER2013 pixels file .*fer2013.csv"):
         FERPlus(root, "train")
