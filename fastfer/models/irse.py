@@ -87,13 +87,15 @@ class IRSE(nn.Module):
         units: units per stage, overriding ``num_layers``'s table (at least ``num_stages`` entries); for
             small variants such as ``apvit_tiny``.
         widths: channels per stage, overriding (64, 128, 256, 512); the stem has ``widths[0]`` channels.
+        stem_stride: stride of the stem conv (1 in IR-50); 2 halves every later map, for cheap variants.
 
-    ``forward(x)``: x (B, 3, H, W) → (B, out_channels, H / 2**num_stages, W / 2**num_stages);
-    at 112² with 3 stages: (B, 256, 14, 14).
+    ``forward(x)``: x (B, 3, H, W) → (B, out_channels, H / reduction, W / reduction) with
+    reduction = stem_stride · 2**num_stages; at 112² with 3 stages: (B, 256, 14, 14).
     """
 
     def __init__(self, num_layers: int = 50, mode: str = "ir", num_stages: int = 4, input_size: int = 112, *,
-                 units: Optional[Sequence[int]] = None, widths: Optional[Sequence[int]] = None):
+                 units: Optional[Sequence[int]] = None, widths: Optional[Sequence[int]] = None,
+                 stem_stride: int = 1):
         super().__init__()
         _check_config(num_layers, mode, num_stages, input_size)
         units = tuple(STAGE_UNITS[num_layers] if units is None else units)
@@ -105,10 +107,14 @@ class IRSE(nn.Module):
         self.mode = mode
         self.num_stages = num_stages
         self.input_size = input_size
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride: expected 1 or 2, got {stem_stride!r}")
         self.units = units[:num_stages]
         self.widths = widths[:num_stages]
         stem = widths[0]
-        self.input_layer = nn.Sequential(nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.PReLU(stem))
+        self.input_layer = nn.Sequential(
+            nn.Conv2d(3, stem, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(stem), nn.PReLU(stem)
+        )
         stages = []
         in_channels = stem
         for n_units, depth in zip(self.units, self.widths):
@@ -118,7 +124,7 @@ class IRSE(nn.Module):
             in_channels = depth
         self.body = nn.Sequential(*stages)
         self.out_channels = in_channels
-        self.reduction = 2**num_stages
+        self.reduction = stem_stride * 2**num_stages
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
@@ -128,7 +134,7 @@ class IRSE(nn.Module):
     def remap_evolve_body(self, state_dict: dict, dropped: Optional[list] = None) -> dict:
         """face.evoLVe flat keys → this trunk's keys; see :func:`remap_evolve_body`."""
         standard = (STAGE_UNITS[self.num_layers][: self.num_stages], STAGE_DEPTHS[: self.num_stages])
-        if (self.units, self.widths) != standard:
+        if (self.units, self.widths) != standard or self.reduction != 2**self.num_stages:
             raise ValueError(f"remap_evolve_body: this trunk has custom units/widths {self.units}/{self.widths}; "
                              f"face.evoLVe checkpoints are IR-{self.num_layers} with {standard[0]}/{standard[1]}")
         return remap_evolve_body(state_dict, self.num_layers, self.num_stages, dropped)

@@ -5,6 +5,8 @@ import torch.nn.functional as F
 
 from fastfer.models.irse import IRSE, STAGE_UNITS, remap_evolve_body
 
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+
 
 def _count(module):
     return sum(p.numel() for p in module.parameters())
@@ -27,6 +29,19 @@ def test_stage_cut_sets_output_shape(num_stages, channels):
     out = trunk(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, channels, 32 >> num_stages, 32 >> num_stages)
     assert trunk.out_channels == channels
+
+
+def test_custom_units_widths_and_stem_stride():
+    trunk = IRSE(50, num_stages=2, units=(1, 2), widths=(16, 32), stem_stride=2).eval()
+    assert trunk.reduction == 8 and trunk.out_channels == 32 and [len(s) for s in trunk.body] == [1, 2]
+    assert trunk.input_layer[0].out_channels == 16 and trunk.input_layer[0].stride == (2, 2)
+    assert trunk(torch.randn(1, 3, 112, 112)).shape == (1, 32, 14, 14)
+    with pytest.raises(ValueError, match="remap_evolve_body: this trunk has custom units/widths"):
+        trunk.remap_evolve_body({})
+    with pytest.raises(ValueError, match=r"units: expected at least num_stages=2 positive ints, got \(1,\)"):
+        IRSE(num_stages=2, units=(1,))
+    with pytest.raises(ValueError, match="stem_stride: expected 1 or 2, got 4"):
+        IRSE(stem_stride=4)
 
 
 def test_ir_se_mode_adds_gate_keys():
