@@ -175,6 +175,8 @@ def software_info(device: torch.device) -> dict:
         fastfer=fastfer.__version__,
         fastfer_commit=git_commit(),
         triton_interpret=os.environ.get("TRITON_INTERPRET", "0"),
+        # Other processes skew CPU timings: the 1-minute load average when the JSON was written says how much.
+        load_avg_1m=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     )
     try:
         import triton
@@ -194,4 +196,20 @@ def software_info(device: torch.device) -> dict:
     info["fastfer_backends"] = {
         row["name"]: row["available"].get(device.type) for row in fastfer.ops.backends()
     }
+    info["fastfer_extension"] = _extension_info()
     return info
+
+
+def _extension_info() -> dict:
+    """Which C++/CUDA extension build ran (origin and source digest), so a result names the kernels it timed."""
+    try:
+        from fastfer.ops import _ext
+    except ImportError:
+        return {}
+    out = {}
+    for kind in ("cpu", "cuda"):
+        try:
+            out[kind] = dict(origin=_ext.origin(kind), source_digest=_ext.digest(kind))
+        except Exception as exc:  # an extension loader error must not lose the benchmark JSON
+            out[kind] = dict(error=f"{type(exc).__name__}: {exc}")
+    return out

@@ -170,7 +170,8 @@ def header(runs: list[dict]) -> list[str]:
         threads = m.get("torch_threads")
         lines.append(f"- **{run['run']}** ({run['datetime']}): {device}"
                      + (f", driver {m['nvidia_driver']}" if m.get("nvidia_driver") else "")
-                     + (f", {threads} torch threads" if threads and not m.get("gpu_name") else ""))
+                     + (f", {threads} torch threads" if threads and not m.get("gpu_name") else "")
+                     + (f", load average {m['load_avg_1m']} at the end" if m.get("load_avg_1m") is not None else ""))
         lines.append(f"  torch {m.get('torch', '?')}, triton {m.get('triton', '?')}, "
                      f"fastfer {m.get('fastfer', '?')} @ {m.get('fastfer_commit', '?')[:12]}; "
                      f"size `{bench.get('size', '?')}`, shapes `{bench.get('shape_set', '?')}`, "
