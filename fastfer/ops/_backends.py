@@ -239,3 +239,54 @@ register(
         auto=lambda call: call.device.type == "cuda",
     )
 )
+
+
+# --- the C++/CUDA extension backends (fastfer/ops/_ext.py) ---------------------------------------------------
+# A probe reports only what stops a build (no compiler, no nvcc, an earlier failed build): it never compiles.
+# Automatic choice (``auto``) takes these backends only once the extension is built — prebuilt, or cached by
+# an earlier JIT build — so nobody waits a minute inside a model forward by surprise; asking for the backend
+# by name (per call, set_backend, FASTFER_BACKEND) or `fastfer build-ext` builds it.
+
+
+def _ext_probe(kind: str) -> Callable[[Call], list[str]]:
+    def probe(call: Call) -> list[str]:
+        return importlib.import_module("fastfer.ops._ext").unavailable_reasons(kind)
+
+    return probe
+
+
+def _ext_built(kind: str) -> Callable[[Call], bool]:
+    return lambda call: importlib.import_module("fastfer.ops._ext").ready(kind)
+
+
+def _ext_load(kind: str) -> Callable[[], Any]:
+    return lambda: importlib.import_module("fastfer.ops.ext_api").namespace(kind)
+
+
+register(
+    Backend(
+        name="cuda",
+        description="C++/CUDA extension kernels (JIT-built on first explicit use, or `fastfer build-ext --cuda`)",
+        devices=("cuda",),
+        dtypes=LOW_PRECISION,
+        ops=("patch_pool", "token_pool_attention"),
+        max_head_dim=256,
+        probe=_ext_probe("cuda"),
+        load=_ext_load("cuda"),
+        auto=_ext_built("cuda"),
+    )
+)
+
+register(
+    Backend(
+        name="cpu",
+        description="C++/OpenMP extension kernels (JIT-built on first explicit use, or `fastfer build-ext`)",
+        devices=("cpu",),
+        dtypes=LOW_PRECISION,
+        ops=("patch_pool", "token_pool_attention"),
+        max_head_dim=256,
+        probe=_ext_probe("cpu"),
+        load=_ext_load("cpu"),
+        auto=_ext_built("cpu"),
+    )
+)

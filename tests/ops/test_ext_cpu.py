@@ -1,0 +1,224 @@
+"""The C++/OpenMP ``cpu`` backend against the reference, beyond the generic backend matrix of
+test_patch_pool.py / test_token_pool.py (which runs it too): bfloat16, APViT sizes, several key blocks,
+row counts off the kernels' tiles, NaN/inf propagation, tie and NaN rules for every score kind,
+determinism across thread counts, index bounds, and opcheck in bfloat16."""
+import pytest
+import torch
+
+import fastfer
+from fastfer.ops import ext_api, reference
+from tests.ops.ext_helpers import require_extension
+from tests.ops.helpers import (
+    assert_rule, check_selection, cls_scores64, eager_attend, eager_cls_scores, eager_patch_pool, rule_error,
+)
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cpu_extension():
+    return require_extension("cpu")
+
+
+def _layouts(x):
+    yield "contiguous", x
+    if x.dim() == 4:
+        yield "channels_last", x.contiguous(memory_format=torch.channels_last)
+        yield "strided", torch.cat([x, x], dim=1)[:, ::2]
+        yield "unflattenable", torch.cat([x, x], dim=3)[..., ::2]  # H and W strides do not combine
+    else:
+        yield "strided", torch.cat([x, x], dim=2)[..., ::2]
+
+
+def check_patch_pool(x, k, pos, score):
+    tokens, index, scores = fastfer.patch_pool(x, k, pos=pos, score=score, backend="cpu")
+    as_tok = reference.as_tokens(x)
+    exact = {"l1": lambda t: t.abs().sum(-1), "sum": lambda t: t.sum(-1), "l2": lambda t: (t * t).sum(-1),
+             "max": lambda t: t.amax(-1), "max_abs": lambda t: t.abs().amax(-1)}[score](as_tok.double())
+    low_tokens, low_scores = eager_patch_pool(as_tok, index, pos, score)
+    assert_rule(scores, exact, low_scores, f"scores {score}")
+    err, _ = rule_error(scores, exact, low_scores)
+    _, ref_index, _ = reference.patch_pool(x, k, pos, score)
+    check_selection(exact, index, ref_index, err + 1e-6, f"index {score}")
+    ref64 = reference.gather_tokens(as_tok.double(), index, None if pos is None else pos.double())
+    assert_rule(tokens, ref64, low_tokens, "tokens")
+    return tokens, index
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,k", [((2, 768, 14, 14), 160), ((3, 197, 24), 196), ((2, 96, 1, 2), 1),
+                                     ((2, 33, 7, 23), 100)], ids=str)
+def test_patch_pool_forward(dtype, shape, k):
+    torch.manual_seed(k)
+    x = torch.randn(*shape).to(dtype)
+    tokens = reference.as_tokens(x)
+    pos = torch.randn(tokens.shape[1], tokens.shape[2]).to(dtype)
+    for name, xl in _layouts(x):
+        check_patch_pool(xl, k, pos if name != "strided" else None, "l1")
+
+
+@pytest.mark.parametrize("score", reference.PATCH_SCORES)
+def test_patch_pool_every_score_in_bfloat16(score):
+    torch.manual_seed(1)
+    x = torch.randn(2, 40, 5, 7).to(torch.bfloat16)
+    for _, xl in _layouts(x):
+        check_patch_pool(xl, 17, None, score)
+
+
+@pytest.mark.parametrize("score", reference.PATCH_SCORES)
+def test_patch_pool_ties_and_nan_for_every_score(score):
+    # small integers: every score is exact in fp32 whatever the summation order, so selections must match
+    # the reference exactly; positions 3, 5, 11 share one score, position 7 is NaN in one channel.
+    x = torch.randint(-3, 4, (2, 16, 6)).float()
+    x[:, [3, 11]] = x[:, 5:6]
+    x[0, 7, 2] = float("nan")
+    for k in (1, 4, 9, 16):
+        _, index, scores = fastfer.patch_pool(x, k, score=score, backend="cpu")
+        _, ref_index, ref_scores = reference.patch_pool(x, k, None, score)
+        assert torch.equal(index, ref_index), (score, k)
+        assert torch.equal(scores.isnan(), ref_scores.isnan()) and scores[0, 7].isnan()
+        assert torch.equal(scores.nan_to_num(), ref_scores.nan_to_num())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "tokens"])
+def test_patch_pool_backward(dtype, layout):
+    torch.manual_seed(4)
+    x = torch.randn(*((3, 40, 7, 9) if layout != "tokens" else (3, 63, 40))).to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    pos = torch.randn(63, 40).to(dtype)
+    x1, p1 = x.clone().requires_grad_(), pos.clone().requires_grad_()
+    tokens, index, _ = fastfer.patch_pool(x1, 31, pos=p1, backend="cpu")
+    grad = torch.randn_like(tokens)
+    gx, gpos = torch.autograd.grad(tokens, (x1, p1), grad)
+    assert gx.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    x64, p64 = x.double().requires_grad_(), pos.double().requires_grad_()
+    rx, rpos = torch.autograd.grad(reference.gather_tokens(reference.as_tokens(x64), index, p64), (x64, p64),
+                                   grad.double())
+    xl, pl = x.clone().requires_grad_(), pos.clone().requires_grad_()
+    lx, lpos = torch.autograd.grad(eager_patch_pool(reference.as_tokens(xl), index, pl, "l1")[0], (xl, pl), grad)
+    assert_rule(gx, rx, lx, "grad_x")
+    assert_rule(gpos, rpos, lpos, "grad_pos")
+
+
+def check_token_pool(qkv, keep, score, scale=None):
+    B, N, _, H, D = qkv.shape
+    scale = D**-0.5 if scale is None else scale
+    out, index, scores, lse = torch.ops.fastfer.token_pool_attention(qkv, keep, scale, score, "cpu")
+    s64 = cls_scores64(qkv, scale, score)
+    low_scores = eager_cls_scores(qkv, scale, score)
+    assert_rule(scores, s64, low_scores, f"cls_scores {score}")
+    if keep is None:
+        assert torch.equal(index, torch.arange(N).expand(B, N))
+    else:
+        err, _ = rule_error(scores, s64, low_scores)
+        ref_index = reference.token_pool_attention(qkv, keep, scale, score)[1]
+        assert (index[:, 0] == 0).all()
+        check_selection(s64[:, 1:], index[:, 1:] - 1, ref_index[:, 1:] - 1, err + 1e-6, f"index {score}")
+    out64, lse64 = reference.attend(qkv.double(), index, scale)
+    assert_rule(out, out64, eager_attend(qkv, index, scale), "out")
+    assert_rule(lse, lse64, reference.attend(qkv, index, scale)[1], "lse")
+    return out, index
+
+
+# (B, N, H, D, keep): APViT's first pooling block; 300 keys = three key blocks of 128; M = 1 + keep not a
+# multiple of the 8-row tiles; D below one 32-wide column tile, odd, and the 256 maximum.
+TOKEN_CASES = [(2, 161, 8, 96, 144), (1, 300, 2, 64, 250), (3, 17, 3, 8, 6), (2, 33, 2, 40, None),
+               (1, 20, 1, 256, 10), (2, 2, 1, 96, 1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", TOKEN_CASES, ids=str)
+def test_token_pool_forward(dtype, case):
+    B, N, H, D, keep = case
+    torch.manual_seed(N * D)
+    qkv = torch.randn(B, N, 3, H, D).to(dtype)
+    for score in reference.CLS_SCORES:
+        check_token_pool(qkv, keep, score)
+
+
+def test_token_pool_reads_strided_qkv_in_place():
+    torch.manual_seed(5)
+    packed = torch.randn(2, 29, 4, 3, 48)  # (B, N, H, 3, D): heads outside the q/k/v axis
+    check_token_pool(packed.transpose(2, 3)[..., ::2], 12, "logit_sum", scale=0.3)
+    check_token_pool(packed.transpose(2, 3).to(torch.bfloat16), None, "prob_mean")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", [(2, 161, 8, 96, 144), (1, 300, 2, 64, 250), (2, 33, 2, 40, None)], ids=str)
+def test_token_pool_backward(dtype, case):
+    B, N, H, D, keep = case
+    torch.manual_seed(N + D)
+    qkv = torch.randn(B, N, 3, H, D).to(dtype)
+    q1 = qkv.clone().requires_grad_()
+    out, index, _ = fastfer.token_pool_attention(q1, keep, backend="cpu")
+    grad = torch.randn_like(out)
+    (dqkv,) = torch.autograd.grad(out, q1, grad)
+    scale = D**-0.5
+    q64 = qkv.double().requires_grad_()
+    (ref,) = torch.autograd.grad(reference.attend(q64, index, scale)[0], q64, grad.double())
+    ql = qkv.clone().requires_grad_()
+    (low,) = torch.autograd.grad(eager_attend(ql, index, scale), ql, grad)
+    for slot, name in enumerate("qkv"):
+        assert_rule(dqkv[:, :, slot], ref[:, :, slot], low[:, :, slot], f"d{name}")
+    if keep is not None:
+        dropped = torch.ones(B, N, dtype=torch.bool).scatter_(1, index, False)
+        assert (dqkv[:, :, 0][dropped] == 0).all()
+
+
+def test_token_pool_nan_and_inf_propagate_like_the_reference():
+    torch.manual_seed(6)
+    qkv = torch.randn(2, 19, 3, 2, 16)
+    qkv[0, 4, 2, 1, 5] = float("nan")  # a value of image 0, head 1: every row of that head turns NaN
+    qkv[1, 7, 1, 0] = float("-inf")  # a key of image 1, head 0: logits ±inf
+    for score in reference.CLS_SCORES:
+        out, index, scores, lse = torch.ops.fastfer.token_pool_attention(qkv, 12, None, score, "cpu")
+        ref_out, ref_index, ref_scores, ref_lse = reference.token_pool_attention(qkv, 12, None, score)
+        assert torch.equal(index, ref_index)
+        for name, mine, ref in (("out", out, ref_out), ("scores", scores, ref_scores), ("lse", lse, ref_lse)):
+            assert torch.equal(mine.isnan(), ref.isnan()), name
+            assert torch.equal(mine.isinf(), ref.isinf()), name
+            finite = ref.isfinite()
+            assert torch.allclose(mine[finite], ref[finite], atol=1e-5, rtol=1e-5), name
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    torch.manual_seed(7)
+    x, qkv = torch.randn(5, 48, 9, 9), torch.randn(5, 41, 3, 3, 32)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            q = qkv.clone().requires_grad_()
+            out = fastfer.token_pool_attention(q, 30, backend="cpu").out
+            out.backward(torch.ones_like(out))
+            runs.append((fastfer.patch_pool(x, 40, backend="cpu").tokens, out.detach(), q.grad))
+    finally:
+        torch.set_num_threads(threads)
+    for run in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], run))
+
+
+def test_out_of_range_index_is_rejected_not_written():
+    ops = ext_api.namespace("cpu")
+    grad = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match=r"index: entry 9 at flat position 4 is outside \[0, 9\)"):
+        ops.patch_pool_backward(grad, torch.tensor([[0, 1, 2], [3, 9, 5]]), (2, 4, 3, 3), False, None)
+    qkv = torch.randn(1, 5, 3, 1, 8)
+    with pytest.raises(ValueError, match="outside"):
+        ops.token_pool_attention_backward(torch.randn(1, 2, 8), qkv, torch.randn(1, 2, 8), torch.zeros(1, 1, 2),
+                                          torch.tensor([[0, -1]]), 0.3)
+    with pytest.raises(ValueError, match="expected a cpu tensor"):
+        ops.patch_pool(torch.randn(1, 2, 3, device="meta"), 1, None, "l1")
+
+
+def test_opcheck_in_bfloat16():
+    torch.manual_seed(8)
+    x = torch.randn(2, 6, 4, 5, dtype=torch.bfloat16, requires_grad=True)
+    pos = torch.randn(20, 6, dtype=torch.bfloat16, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastfer.patch_pool.default, (x, 7, pos, "max_abs", "cpu"))
+    qkv = torch.randn(2, 9, 3, 2, 16, dtype=torch.bfloat16, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastfer.token_pool_attention.default, (qkv, 5, None, "prob_mean", "cpu"))
+    torch.library.opcheck(torch.ops.fastfer.token_pool_attention.default, (qkv, None, 0.5, "logit_sum", "cpu"))
