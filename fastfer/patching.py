@@ -76,7 +76,8 @@ class PatchReport:
         return counts
 
     def __str__(self) -> str:
-        lines = [f"fastfer.patch({self.model}): {len(self.replaced)}/{len(self.layers)} layers fused, "
+        name = self.model.rsplit(".", 1)[-1]
+        lines = [f"fastfer.patch({name}): {len(self.replaced)}/{len(self.layers)} layers fused, "
                  f"score={self.score!r}, backend={self.backend or 'auto'}"]
         for layer in self.layers:
             rate = "" if layer.keep_rate is None else f"  keep_rate={layer.keep_rate} ({layer.keep_rule})"

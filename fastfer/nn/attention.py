@@ -150,6 +150,11 @@ class TokenPoolAttention(Attention):
         return self._project(result.out), (result.index if keep is not None else None)
 
     def extra_repr(self) -> str:
-        rule = f"keep={self.keep}" if self.keep is not None else f"keep_rate={self.keep_rate} ({self.keep_rule})"
+        if self.keep is not None:
+            rule = f"keep={self.keep}"
+        elif self.keep_rate is None:
+            rule = "no pooling"
+        else:
+            rule = f"keep_rate={self.keep_rate} ({self.keep_rule})"
         return f"heads={self.num_heads}, head_dim={self.head_dim}, {rule}, score={self.score!r}" + (
             f", backend={self.backend!r}" if self.backend else "")

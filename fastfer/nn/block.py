@@ -18,9 +18,9 @@ def kept_positions(indices: Sequence[Optional[Tensor]]) -> list[Optional[Tensor]
     """Map per-layer kept indices back to positions in the first layer's input.
 
     indices: for each layer in order, its ``last_index`` (B, M_l) relative to that layer's input, or None when
-    the layer kept every token. Returns, for each layer, the (B, M_l) positions in the original token
-    sequence (0 = CLS, p = patch p-1), or None while no layer has dropped tokens yet. Use it to draw which
-    patches survive each pooling stage.
+    the layer kept every token (its ``last_index`` 0..N-1 works too: it composes as the identity).
+    Returns, for each layer, the (B, M_l) positions in the original token sequence (0 = CLS, p = patch p-1),
+    or None while no layer has dropped tokens yet. Use it to draw which patches survive each pooling stage.
     """
     positions: Optional[Tensor] = None
     out: list[Optional[Tensor]] = []

@@ -15,13 +15,17 @@ def _weights(module, dtype):
             (module.qkv.weight, module.qkv.bias, module.proj.weight, module.proj.bias)]
 
 
+def _grad_out(y):
+    """The same incoming gradient for every run of a case, in y's dtype."""
+    return torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(y.dtype)
+
+
 def _plain(module, x, dtype, keep, score="logit_sum"):
     """Plain composition in ``dtype``: (y, index, grads of x and the four weights)."""
     x = x.detach().to(dtype).requires_grad_()
     w = _weights(module, dtype)
     y, index = oracle.token_pool_attention(x, *w, module.num_heads, module.scale, keep, score)
-    g = torch.randn_like(y, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dtype)
-    y.backward(g)
+    y.backward(_grad_out(y))
     return y, index, [x.grad] + [t.grad for t in w]
 
 
@@ -31,8 +35,7 @@ def _fused(module, x, dtype, pooled):
     module.zero_grad()
     out = module(x)
     y, index = out if pooled else (out, None)
-    g = torch.randn_like(y, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dtype)
-    y.backward(g)
+    y.backward(_grad_out(y))
     grads = [x.grad, module.qkv.weight.grad, module.qkv.bias.grad, module.proj.weight.grad, module.proj.bias.grad]
     return y, index, grads
 
