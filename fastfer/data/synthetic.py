@@ -22,10 +22,10 @@ DEFAULT_SIZES = {"train": 7000, "val": 1400, "test": 1400}
 
 
 def synthetic_image(seed: int, split: str, index: int, label: int, image_size: int = 112,
-                    num_classes: int = 7) -> np.ndarray:
+                    num_classes: int = 7, difficulty: float = 1.0) -> np.ndarray:
     """The RGB image ``[image_size, image_size, 3] uint8`` of sample ``index`` (a pure function of the inputs)."""
     rng = np.random.default_rng([int(seed), SPLITS[split], int(index)])
-    return draw_face(_label_names(num_classes)[label], rng, image_size)
+    return draw_face(_label_names(num_classes)[label], rng, image_size, difficulty)
 
 
 class SyntheticExpressions(Dataset):
@@ -40,10 +40,12 @@ class SyntheticExpressions(Dataset):
         seed: base seed; a different seed gives a different, equally distributed set.
         image_size: side in pixels (the drawing scales with it).
         num_classes: 7 (canonical seven) or 8 (adds contempt, drawn as a one-sided smirk).
+        difficulty: 0 … 1, scales the nuisances (pose, clutter, occlusion, lighting, blur, noise) and the range of
+            expression intensity; 1 (default) is the full mix, 0 gives clean frontal faces.
     """
 
     def __init__(self, split: str = "train", size: int | None = None, seed: int = 0, image_size: int = 112,
-                 num_classes: int = 7, transform: Callable | None = None):
+                 num_classes: int = 7, transform: Callable | None = None, difficulty: float = 1.0):
         if split not in SPLITS:
             raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
         size = DEFAULT_SIZES[split] if size is None else size
@@ -51,7 +53,10 @@ class SyntheticExpressions(Dataset):
             raise ValueError(f"size: expected a positive int, got {size!r}")
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
             raise ValueError(f"image_size: expected an int ≥ 32, got {image_size!r}")
+        if not 0.0 <= float(difficulty) <= 1.0:
+            raise ValueError(f"difficulty: expected a value in [0, 1], got {difficulty!r}")
         self.split, self.size, self.seed, self.image_size = split, size, int(seed), image_size
+        self.difficulty = float(difficulty)
         self.num_classes = num_classes
         self.label_names = _label_names(num_classes)
         self.native_names = self.label_names
@@ -63,8 +68,9 @@ class SyntheticExpressions(Dataset):
         return [i % self.num_classes for i in range(self.size)]
 
     def summary(self) -> dict:
-        return {"dataset": "synthetic", "split": self.split, "kept": self.size, "dropped": {},
-                "corrupt": 0, "class_counts": np.bincount(self.targets, minlength=self.num_classes).tolist()}
+        counts = np.bincount(self.targets, minlength=self.num_classes).tolist()
+        return {"dataset": "synthetic", "split": self.split, "seed": self.seed, "difficulty": self.difficulty,
+                "kept": self.size, "class_counts": dict(zip(self.label_names, counts)), "dropped": {}, "corrupt": 0}
 
     def __len__(self) -> int:
         return self.size
@@ -75,7 +81,7 @@ class SyntheticExpressions(Dataset):
             raise IndexError(f"index {index} out of range for a split of size {self.size}")
         index %= self.size
         return synthetic_image(self.seed, self.split, index, index % self.num_classes, self.image_size,
-                               self.num_classes)
+                               self.num_classes, self.difficulty)
 
     def __getitem__(self, index: int):
         img = torch.from_numpy(self.image(index)).permute(2, 0, 1).contiguous()
@@ -85,12 +91,12 @@ class SyntheticExpressions(Dataset):
 
 
 def contact_sheet(per_class: int = 8, seed: int = 0, split: str = "train", image_size: int = 112,
-                  num_classes: int = 7, label_width: int = 90) -> np.ndarray:
+                  num_classes: int = 7, label_width: int = 90, difficulty: float = 1.0) -> np.ndarray:
     """One row per class (name on the left), ``per_class`` examples each; RGB ``uint8 [H, W, 3]``."""
     import cv2
 
     ds = SyntheticExpressions(split, size=per_class * num_classes, seed=seed, image_size=image_size,
-                              num_classes=num_classes)
+                              num_classes=num_classes, difficulty=difficulty)
     rows = []
     for c, name in enumerate(ds.label_names):
         tag = np.full((image_size, label_width, 3), 255, np.uint8)

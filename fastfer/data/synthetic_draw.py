@@ -96,10 +96,10 @@ class _Face:
         return _pts(*self.xy(u, v))
 
 
-def _params(expression: str, rng: np.random.Generator) -> dict[str, float]:
+def _params(expression: str, rng: np.random.Generator, d: float = 1.0) -> dict[str, float]:
     """Neutral + intensity × (expression − neutral), with per-parameter jitter for identity."""
     target = EXPRESSION_PARAMS[expression]
-    intensity = rng.uniform(0.65, 1.0)
+    intensity = rng.uniform(1.0 - 0.35 * d, 1.0)  # weaker expressions only at higher difficulty
     p = {}
     for k, neutral in NEUTRAL.items():
         p[k] = neutral + intensity * (target.get(k, neutral) - neutral)
@@ -129,14 +129,14 @@ def _corners_to_uint8(base: np.ndarray, amp: np.ndarray, angle: float) -> np.nda
     return np.clip(base + _plane(angle)[..., None] * amp, 0, 255).astype(np.uint8)
 
 
-def _background(rng: np.random.Generator, s: int) -> np.ndarray:
+def _background(rng: np.random.Generator, s: int, d: float = 1.0) -> np.ndarray:
     import cv2
 
     base = rng.uniform(30, 225, 3)
     angle = rng.uniform(0, 2 * math.pi)
     amp = rng.uniform(-40, 40, 3)
     img = cv2.resize(_corners_to_uint8(base, amp, angle), (s, s), interpolation=cv2.INTER_LINEAR)
-    for _ in range(int(rng.integers(3, 11))):
+    for _ in range(int(round(int(rng.integers(3, 11)) * d))):
         colour = _col(rng.uniform(0, 255, 3))
         kind = rng.integers(0, 4)
         x0, y0 = rng.uniform(-0.1, 1.1, 2) * s
@@ -300,17 +300,17 @@ def _identity(rng: np.random.Generator) -> dict:
     )
 
 
-def _draw_head(s: int, expression: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _draw_head(s: int, expression: str, rng: np.random.Generator, d: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Upright head (hair, ears, neck, shoulders, face) on a blank canvas; returns (image, alpha mask)."""
     import cv2
 
     ident = _identity(rng)
-    p = _params(expression, rng)
+    p = _params(expression, rng, d)
     img = np.zeros((s, s, 3), np.uint8)
     mask = np.zeros((s, s), np.uint8)
     b = 0.36 * s
     a = b * ident["aspect"]
-    f = _Face(s / 2, s * 0.48, a, b, rng.uniform(-0.25, 0.25))
+    f = _Face(s / 2, s * 0.48, a, b, rng.uniform(-0.25, 0.25) * d)
     skin, hair = _col(ident["skin"]), _col(ident["hair"])
     dark = _col(ident["skin"] * 0.8)
 
@@ -368,28 +368,35 @@ def _draw_head(s: int, expression: str, rng: np.random.Generator) -> tuple[np.nd
     return img, mask
 
 
-def draw_face(expression: str, rng: np.random.Generator, size: int = 112) -> np.ndarray:
-    """One synthetic face showing ``expression``; returns RGB ``[size, size, 3] uint8``."""
+def draw_face(expression: str, rng: np.random.Generator, size: int = 112, difficulty: float = 1.0) -> np.ndarray:
+    """One synthetic face showing ``expression``; returns RGB ``[size, size, 3] uint8``.
+
+    ``difficulty`` in [0, 1] scales every nuisance (pose range, clutter, occlusion, lighting, blur, noise) and
+    how weak an expression may be: 0 = frontal, centred, clean faces at full intensity; 1 = the default mix.
+    """
     import cv2
 
     if expression not in EXPRESSION_PARAMS:
         raise ValueError(f"expression: expected one of {', '.join(EXPRESSION_PARAMS)}, got {expression!r}")
     s = size
-    bg = _background(rng, s)
-    head, mask = _draw_head(s, expression, rng)
+    d = float(difficulty)
+    if not 0.0 <= d <= 1.0:
+        raise ValueError(f"difficulty: expected a value in [0, 1], got {difficulty!r}")
+    bg = _background(rng, s, d)
+    head, mask = _draw_head(s, expression, rng, d)
     # pose: rotation, scale, offset, mirror — one affine warp of the head layer and its mask
-    angle = rng.uniform(-20, 20)
-    scale = rng.uniform(0.78, 1.08)
+    angle = rng.uniform(-20, 20) * d
+    scale = 0.93 + rng.uniform(-0.15, 0.15) * d
     m = cv2.getRotationMatrix2D((s / 2, s * 0.48), angle, scale)
     if rng.random() < 0.5:
         m = m @ np.array([[-1, 0, s], [0, 1, 0], [0, 0, 1]], np.float64)
-    m[:, 2] += rng.uniform(-0.08, 0.08, 2) * s
+    m[:, 2] += rng.uniform(-0.08, 0.08, 2) * s * d
     head = cv2.warpAffine(head, m, (s, s), flags=cv2.INTER_LINEAR)
     mask = cv2.warpAffine(mask, m, (s, s), flags=cv2.INTER_LINEAR)
     alpha = mask.astype(np.float32)[..., None] * np.float32(1.0 / 255.0)
     img = bg.astype(np.float32)
     img += (head.astype(np.float32) - img) * alpha
-    if rng.random() < 0.3:  # partial occlusion: a hand-like blob or a bar over part of the face
+    if rng.random() < 0.3 * d:  # partial occlusion: a hand-like blob or a bar over part of the face
         cx, cy = m @ np.array([s / 2, s * 0.48, 1.0])
         ox, oy = cx + rng.uniform(-0.3, 0.3) * s, cy + rng.uniform(-0.3, 0.35) * s
         if rng.random() < 0.5:
@@ -402,12 +409,12 @@ def draw_face(expression: str, rng: np.random.Generator, size: int = 112) -> np.
                           _col(rng.uniform(0, 255, 3)), -1)
     # lighting: a linear gradient in a random direction, global gain, colour cast
     ang = rng.uniform(0, 2 * math.pi)
-    light = 1.0 + rng.uniform(0.0, 0.45) * _plane(ang)                      # [2, 2] corner gains
-    gain = rng.uniform(0.7, 1.2) * rng.uniform(0.92, 1.08, 3)
+    light = 1.0 + rng.uniform(0.0, 0.45) * d * _plane(ang)                      # [2, 2] corner gains
+    gain = (1.0 + rng.uniform(-0.3, 0.2) * d) * (1.0 + rng.uniform(-0.08, 0.08, 3) * d)
     img *= cv2.resize((light[..., None] * gain).astype(np.float32), (s, s), interpolation=cv2.INTER_LINEAR)
-    if rng.random() < 0.5:
+    if rng.random() < 0.5 * d:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.1))
     noise = rng.standard_normal((s, s, 1), dtype=np.float32)  # luminance noise: one draw per pixel
-    noise *= np.float32(rng.uniform(0.0, 9.0))
+    noise *= np.float32(rng.uniform(0.0, 9.0) * d)
     img += noise
     return np.clip(img, 0, 255, out=img).astype(np.uint8)

@@ -13,7 +13,7 @@ def test_items_shape_labels_and_balance():
     img, label = ds[9]
     assert img.shape == (3, 112, 112) and img.dtype == torch.uint8 and label == 2
     assert ds.targets == [i % 7 for i in range(14)] and ds.label_names[2] == "sad"
-    assert ds.summary()["class_counts"] == [2] * 7
+    assert ds.summary()["class_counts"] == {name: 2 for name in ds.label_names}
     assert ds[-1][1] == 6
     with pytest.raises(IndexError, match="index 14 out of range"):
         ds[14]
@@ -57,6 +57,19 @@ def test_expressions_differ_for_the_same_identity_and_pose():
             assert ys.min() > 5 and ys.max() < 90 and xs.min() > 5 and xs.max() < 90, (a, b)
     assert min(v for (a, b), v in changed.items() if "contempt" not in (a, b)) > 100  # the 7 classes
     assert changed["neutral", "contempt"] > 15  # contempt is one raised corner: a small change
+
+
+def test_difficulty_zero_is_clean_and_frontal():
+    easy = SyntheticExpressions("train", size=7, difficulty=0.0, image_size=64)
+    hard = SyntheticExpressions("train", size=7, difficulty=1.0, image_size=64)
+    # same identity and background colour, but no pose jitter: every easy face sits on the same spot, so the
+    # per-pixel spread across the easy images is smaller than across the full-difficulty ones
+    e = torch.stack([easy[i][0] for i in range(7)]).float()
+    h = torch.stack([hard[i][0] for i in range(7)]).float()
+    assert e.std(dim=0).mean() < h.std(dim=0).mean()
+    assert easy.summary()["difficulty"] == 0.0
+    with pytest.raises(ValueError, match="difficulty: expected a value in \\[0, 1\\], got 2"):
+        SyntheticExpressions(difficulty=2)
 
 
 def test_eight_classes_and_transform():
