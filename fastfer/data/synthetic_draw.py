@@ -75,6 +75,11 @@ def _pts(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.rint(xy, out=xy).astype(np.int32)
 
 
+def _pt(x, y) -> tuple[int, int]:
+    """One float point → a cv2 ``shift=_SHIFT`` point of Python ints (older OpenCV rejects numpy scalars)."""
+    return int(round(float(x) * _ONE)), int(round(float(y) * _ONE))
+
+
 def _col(c) -> tuple[int, int, int]:
     return tuple(int(min(255.0, max(0.0, float(v)))) for v in c[:3])
 
@@ -173,9 +178,9 @@ def _eye(img, f: _Face, side: int, p, ident, skin, line) -> None:
     # iris + pupil, then skin-coloured lids above / below the lid curves clip them to the eye opening
     r = ew * 0.42 * f.a
     gx, gy = f.xy(cu + ident["gaze"] * ew * 0.3, cv_ + 0.1 * eh)
-    cv2.circle(img, tuple(_pts(gx, gy)), int(r * _ONE), ident["iris"], -1, cv2.LINE_AA, _SHIFT)
-    cv2.circle(img, tuple(_pts(gx, gy)), int(r * 0.45 * _ONE), (15, 12, 10), -1, cv2.LINE_AA, _SHIFT)
-    cv2.circle(img, tuple(_pts(gx - r * 0.3, gy - r * 0.3)), int(r * 0.18 * _ONE), (250, 250, 250), -1,
+    cv2.circle(img, _pt(gx, gy), int(r * _ONE), ident["iris"], -1, cv2.LINE_AA, _SHIFT)
+    cv2.circle(img, _pt(gx, gy), int(r * 0.45 * _ONE), (15, 12, 10), -1, cv2.LINE_AA, _SHIFT)
+    cv2.circle(img, _pt(gx - r * 0.3, gy - r * 0.3), int(r * 0.18 * _ONE), (250, 250, 250), -1,
                cv2.LINE_AA, _SHIFT)
     pad = (r + 3.0) / f.b
     lid_top = np.concatenate([f.pts(us, upper), f.pts([cu + ew * 1.05, cu - ew * 1.05], [cv_ - pad] * 2)])
@@ -278,7 +283,7 @@ def _nose(img, f: _Face, expression: str, ident, skin) -> None:
                                                      ident["nose_y"] - 0.03])], False, shade, 1, cv2.LINE_AA, _SHIFT)
     for side in (-1, 1):
         x, y = f.xy(side * nw * 0.55, ident["nose_y"] + 0.015)
-        cv2.ellipse(img, tuple(_pts(x, y)), (int(nw * 0.25 * f.a * _ONE), int(0.015 * f.b * _ONE)), 0, 0, 360,
+        cv2.ellipse(img, _pt(x, y), (int(nw * 0.25 * f.a * _ONE), int(0.015 * f.b * _ONE)), 0, 0, 360,
                     _col(np.array(skin) * 0.45), -1, cv2.LINE_AA, _SHIFT)
 
 
@@ -330,9 +335,9 @@ def _draw_head(s: int, expression: str, rng: np.random.Generator, d: float = 1.0
         fill(_pts(f.cx + a * 1.15 * np.cos(t), hy + b * (1.2 if long else 1.0) * np.sin(t) * 0.98), hair)
     for side in (-1, 1):  # ears
         x, y = f.cx + side * a * 0.97, f.cy - 0.02 * b
-        cv2.ellipse(img, tuple(_pts(x, y)), (int(0.16 * a * _ONE), int(0.2 * b * _ONE)), 0, 0, 360, dark, -1,
+        cv2.ellipse(img, _pt(x, y), (int(0.16 * a * _ONE), int(0.2 * b * _ONE)), 0, 0, 360, dark, -1,
                     cv2.LINE_AA, _SHIFT)
-        cv2.ellipse(mask, tuple(_pts(x, y)), (int(0.16 * a * _ONE), int(0.2 * b * _ONE)), 0, 0, 360, 255, -1,
+        cv2.ellipse(mask, _pt(x, y), (int(0.16 * a * _ONE), int(0.2 * b * _ONE)), 0, 0, 360, 255, -1,
                     cv2.LINE_AA, _SHIFT)
     t = _lin(0.0, 2 * math.pi * 47 / 48, 48)
     narrow = 1 - ident["jaw"] * np.clip(np.sin(t), 0, None) ** 2      # narrower jaw below the cheeks
@@ -349,7 +354,7 @@ def _draw_head(s: int, expression: str, rng: np.random.Generator, d: float = 1.0
     if rng.random() < 0.5:  # soft cheek shading
         for side in (-1, 1):
             x, y = f.xy(side * 0.55, 0.25)
-            cv2.ellipse(img, tuple(_pts(x, y)), (int(0.18 * a * _ONE), int(0.1 * b * _ONE)), 0, 0, 360,
+            cv2.ellipse(img, _pt(x, y), (int(0.18 * a * _ONE), int(0.1 * b * _ONE)), 0, 0, 360,
                         _col(ident["skin"] * np.array([1.0, 0.9, 0.9])), -1, cv2.LINE_AA, _SHIFT)
     line = _col(ident["hair"] * 0.5)
     for side in (-1, 1):
@@ -362,7 +367,7 @@ def _draw_head(s: int, expression: str, rng: np.random.Generator, d: float = 1.0
         frame = _col(rng.uniform(0, 90, 3))
         for side in (-1, 1):
             x, y = f.xy(side * ident["eye_x"], ident["eye_y"])
-            cv2.ellipse(img, tuple(_pts(x, y)), (int(ident["eye_w"] * 1.6 * a * _ONE),
+            cv2.ellipse(img, _pt(x, y), (int(ident["eye_w"] * 1.6 * a * _ONE),
                                                  int(ident["eye_w"] * 1.2 * a * _ONE)), 0, 0, 360, frame,
                         max(1, round(a * 0.03)), cv2.LINE_AA, _SHIFT)
     return img, mask
