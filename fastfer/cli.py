@@ -12,6 +12,7 @@ import sys
 # (module, description) — one module per subcommand family; order is the order of `fastfer --help`.
 SUBCOMMAND_MODULES = [
     "fastfer.cli_info",
+    "fastfer.cli_convert",
 ]
 
 
