@@ -10,8 +10,16 @@ from fastfer.data.expw import ExpW
 from fastfer.data.fer2013 import FER2013
 from fastfer.data.ferplus import FERPlus, majority_vote
 from fastfer.data.folder import ImageFolderFER
-from fastfer.data.labels import (EXPRESSIONS, NATIVE_ORDERS, UnknownLabelError, label_names, native_to_canonical,
-                                 normalize_name, order_map, permute_classifier_rows)
+from fastfer.data.labels import (
+                                 EXPRESSIONS,
+                                 NATIVE_ORDERS,
+                                 UnknownLabelError,
+                                 label_names,
+                                 native_to_canonical,
+                                 normalize_name,
+                                 order_map,
+                                 permute_classifier_rows,
+)
 from fastfer.data.rafdb import RAFDB
 from fastfer.data.sampler import ClassBalancedSampler
 from fastfer.data.sfew import SFEW

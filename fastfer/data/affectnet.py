@@ -21,8 +21,16 @@ from typing import Callable
 
 import numpy as np
 
-from fastfer.data.base import (IMG_EXTENSIONS, CorruptImageError, DatasetFormatError, FERDataset, UnknownLabelError,
-                               read_image, require_dir, require_file)
+from fastfer.data.base import (
+    IMG_EXTENSIONS,
+    CorruptImageError,
+    DatasetFormatError,
+    FERDataset,
+    UnknownLabelError,
+    read_image,
+    require_dir,
+    require_file,
+)
 from fastfer.data.fer2013 import iter_csv, parse_label
 from fastfer.data.labels import NATIVE_ORDERS, normalize_name
 

@@ -83,7 +83,9 @@ def to_chw_tensor(img: np.ndarray) -> torch.Tensor:
     """RGB ``[H, W, 3]`` (or gray ``[H, W]``) uint8 array → ``uint8 [3, H, W]`` tensor."""
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
+    # transpose in numpy: a torch .contiguous() of this size runs on the intra-op thread pool, which costs more
+    # than the copy itself when DataLoader-less code shares a busy CPU
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
 
 
 class FERDataset(Dataset):

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from fastfer.data.base import (DatasetFormatError, FERDataset, read_image, require_dir, require_file)
+from fastfer.data.base import DatasetFormatError, FERDataset, read_image, require_dir, require_file
 from fastfer.data.labels import NATIVE_ORDERS
 
 SPLITS = ("train", "test")

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
+from fastfer.data.base import to_chw_tensor
 from fastfer.data.labels import label_names as _label_names
 from fastfer.data.synthetic_draw import draw_face
 
@@ -84,7 +84,7 @@ class SyntheticExpressions(Dataset):
                                self.num_classes, self.difficulty)
 
     def __getitem__(self, index: int):
-        img = torch.from_numpy(self.image(index)).permute(2, 0, 1).contiguous()
+        img = to_chw_tensor(self.image(index))
         if self.transform is not None:
             img = self.transform(img)
         return img, (index % self.size) % self.num_classes

@@ -1,9 +1,18 @@
 import pytest
 import torch
 
-from fastfer.data.labels import (EXPRESSIONS, NATIVE_ORDERS, UnknownLabelError, canonical_index, label_names,
-                                 native_to_canonical, normalize_name, order_map, permute_classifier_rows,
-                                 permute_rows)
+from fastfer.data.labels import (
+    EXPRESSIONS,
+    NATIVE_ORDERS,
+    UnknownLabelError,
+    canonical_index,
+    label_names,
+    native_to_canonical,
+    normalize_name,
+    order_map,
+    permute_classifier_rows,
+    permute_rows,
+)
 
 # datasets.md §2, "native → canonical" column, typed from the spec (−1 = dropped)
 SPEC_MAPS = {

@@ -12,7 +12,7 @@ ROWS = [("train_00001.jpg", 1, 3), ("train_00002.jpg", 4, 1), ("test_0001.jpg", 
 
 def make_raf(tmp_path, nested=True):
     base = tmp_path / "RAF-DB" / "basic" if nested else tmp_path / "basic"
-    write_text(base / "EmoLabel" / "list_patition_label.txt", "".join(f"{n} {l}\n" for n, l, _ in ROWS))
+    write_text(base / "EmoLabel" / "list_patition_label.txt", "".join(f"{n} {label}\n" for n, label, _ in ROWS))
     for i, (name, _, _) in enumerate(ROWS):
         stem = name[:-4]
         write_image(base / "Image" / "original" / name, 10 + i)

@@ -2,8 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from fastfer.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, RAFDB_MEAN, RAFDB_STD, RandomContrast,
-                                     build_transforms, normalization)
+from fastfer.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RAFDB_MEAN,
+    RAFDB_STD,
+    RandomContrast,
+    build_transforms,
+    normalization,
+)
 
 
 def image(h=130, w=100):
