@@ -41,7 +41,9 @@ class Row:
 
     @property
     def key(self) -> tuple:
-        return (self.run, self.op, self.case, self.batch, self.dtype, self.mode)
+        """The case whose providers are compared. A model's precision is part of its provider (torch-fp32 vs
+        torch-amp), so model cases do not split by dtype."""
+        return (self.run, self.op, self.case, self.batch, "" if self.op == "model" else self.dtype, self.mode)
 
 
 def load(paths: list[Path]) -> tuple[list[Row], list[dict]]:
@@ -173,7 +175,7 @@ def header(runs: list[dict]) -> list[str]:
                      + (f", {threads} torch threads" if threads and not m.get("gpu_name") else "")
                      + (f", load average {m['load_avg_1m']} at the end" if m.get("load_avg_1m") is not None else ""))
         lines.append(f"  torch {m.get('torch', '?')}, triton {m.get('triton', '?')}, "
-                     f"fastfer {m.get('fastfer', '?')} @ {m.get('fastfer_commit', '?')[:12]}; "
+                     f"fastfer {m.get('fastfer', '?')} @ {_short_commit(m.get('fastfer_commit'))}; "
                      f"size `{bench.get('size', '?')}`, shapes `{bench.get('shape_set', '?')}`, "
                      f"torch.compile backend `{bench.get('compile_backend', '?')}`")
         if floor:
@@ -183,19 +185,26 @@ def header(runs: list[dict]) -> list[str]:
     return lines
 
 
+def _short_commit(commit: str | None) -> str:
+    if not commit:
+        return "?"
+    return commit[:12] + (" (with uncommitted changes)" if commit.endswith("-dirty") else "")
+
+
 LEGEND = """\
 Columns: **median** = median wall time of one call (host clock; on CUDA the call ends with a synchronize, so
 launch overhead is included). **× eager / × sdpa / × compile** = that baseline's median ÷ this row's median in
 the same run (> 1: faster than the baseline). **GB/s, TFLOP/s** = the op's minimal bytes and FLOPs
 (bench/_roofline.py; identical for every provider) ÷ median. **floor %** = max(bytes ÷ measured copy
-bandwidth, FLOPs ÷ measured GEMM rate) ÷ median; **bound** names the larger term. Models: **img/s** = batch ÷
+bandwidth, FLOPs ÷ measured GEMM rate) ÷ median; **bound** names the larger term. The copy bandwidth is
+measured on buffers larger than the caches, so a working set that stays in cache can exceed 100 %. Models: **img/s** = batch ÷
 median, **peak MiB** = peak allocated CUDA memory over one step (weights and optimizer state included)."""
 
 
-def render(rows: list[Row], runs: list[dict], chart_paths: list[Path], md_dir: Path) -> str:
+def render(rows: list[Row], runs: list[dict], chart_paths: list[Path], md_dir: Path, notes: list[str] = ()) -> str:
     groups = grouped(rows)
     multi = len(runs) > 1
-    out = ["# fastfer benchmarks", "", *header(runs), "", LEGEND, ""]
+    out = ["# fastfer benchmarks", "", *header(runs), "", *(f"> {n}\n" for n in notes), LEGEND, ""]
     summary = summary_table(groups, multi)
     if len(summary) > 2:
         out += ["## Headline: fastest fastfer backend per op case", "", *summary, ""]
@@ -264,7 +273,7 @@ def _op_figure(plt, ticker, groups, title):
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}×"))
-        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}×" if str(v)[0] in "25" else ""))
+        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}×" if f"{v:.0e}"[0] in "25" else ""))
         ax.set_xticks([c + 0.4 - width / 2 for c in range(len(cases))], cases, rotation=20, fontsize=8)
         ax.set_ylabel("× eager (higher is faster)")
         ax.set_title(mode, fontsize=9)
@@ -297,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, help="markdown file (default: the first JSON with .md)")
     parser.add_argument("--charts", type=Path, help="PNG folder (default: <output stem>_charts next to it)")
     parser.add_argument("--no-charts", action="store_true", help="write the markdown only")
+    parser.add_argument("--note", action="append", default=[], help="a paragraph on the run's conditions (repeatable)")
     args = parser.parse_args(argv)
     for path in args.json:
         if not path.is_file():
@@ -308,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     chart_dir = args.charts or output.with_name(output.stem + "_charts")
     chart_paths = [] if args.no_charts else charts(rows, chart_dir)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render(rows, runs, chart_paths, output.parent) + "\n")
+    output.write_text(render(rows, runs, chart_paths, output.parent, args.note) + "\n")
     print(f"report: wrote {output}" + (f" and {len(chart_paths)} chart(s) in {chart_dir}" if chart_paths else ""))
     return 0
 

@@ -50,8 +50,9 @@ def _row(markdown: str, *cells: str) -> str:
 
 def test_report_tables_and_ratios(result_json, tmp_path):
     out = tmp_path / "out" / "report.md"
-    assert report.main([str(result_json), "-o", str(out), "--no-charts"]) == 0
+    assert report.main([str(result_json), "-o", str(out), "--no-charts", "--note", "GPU shared with nobody"]) == 0
     md = out.read_text()
+    assert "> GPU shared with nobody" in md
     assert "Fake GPU 80GB" in md and "driver 999.1" in md and "copy 3000.0 GB/s" in md
     # × baseline = baseline median / provider median, computed within the case.
     triton = _row(md.split("## Ops")[1], "apvit_b4", "fastfer-triton")
