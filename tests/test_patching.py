@@ -16,7 +16,7 @@ from torch import nn
 from fastfer.nn import FusedViTBlock, PoolingBlock
 from fastfer.patching import patch, patch_report, unpatch
 from tests.nn import oracle
-from tests.ops.helpers import assert_rule
+from tests.ops.helpers import assert_rule, backends_for
 
 MODELS = ["vit_small_patch16_224", "deit_small_patch16_224"]
 RATES = {3: 0.7, 6: 0.7, 9: 0.7}  # EViT's DeiT-S schedule (drop_loc 3, 6, 9)
@@ -74,16 +74,24 @@ def test_fused_attention_matches_unpatched(name, dtype, train):
     _assert_same_math(_run(model, images, dtype), ref64, lowprec, f"{name} {dtype} {'train' if train else 'eval'}")
 
 
+def _skip_unless_available(backend, dtype):
+    if backend not in backends_for("token_pool_attention", torch.device("cpu"), dtype, head_dim=64):
+        pytest.skip(f"backend {backend!r} cannot run {dtype} on this machine (see fastfer.backends())")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_fused_attention_triton_backend(dtype):
-    """The Triton kernels (interpreter on CPU, so 2 blocks) in the patched model, forward and backward."""
+@pytest.mark.parametrize("backend", ["triton", "cpu"])
+def test_fused_attention_kernel_backends(backend, dtype):
+    """The kernels (Triton through the interpreter on CPU, so 2 blocks; the C++ cpu backend when built) in the
+    patched model, forward and backward."""
+    _skip_unless_available(backend, dtype)
     model = _model("vit_small_patch16_224", depth=2).eval()
     images = _images()
     ref64 = _run(copy.deepcopy(model).double(), images, torch.float64)
     model = model.to(dtype)
     lowprec = _run(model, images, dtype)
-    patch(model, backend="triton")
-    _assert_same_math(_run(model, images, dtype), ref64, lowprec, f"triton {dtype}")
+    patch(model, backend=backend)
+    _assert_same_math(_run(model, images, dtype), ref64, lowprec, f"{backend} {dtype}")
 
 
 def _token_counts(model, images):
@@ -131,17 +139,19 @@ def test_pooling_gradients_match_evit_style_reference():
         assert_rule(out[n], ref[n], low[n], f"pooled grad {n}")
 
 
-def test_pooling_triton_backend_matches_torch_backend():
+@pytest.mark.parametrize("backend", ["triton", "cpu"])
+def test_pooling_kernel_backends_match_evit_style_reference(backend):
+    _skip_unless_available(backend, torch.float32)
     model = _model("deit_small_patch16_224", depth=3).eval()
     images = _images()
     rates = {0: 0.5, 1: 0.7}
     with torch.no_grad():
         ref, ref_counts = oracle.evit_vit_forward(copy.deepcopy(model).double(), images.double(), rates)
         low, _ = oracle.evit_vit_forward(model, images, rates)
-        patch(model, keep_rates=rates, backend="triton")
+        patch(model, keep_rates=rates, backend=backend)
         logits, counts = _token_counts(model, images)
     assert counts == ref_counts == [9, 7, 7]
-    assert_rule(logits, ref, low, "triton pooled logits")
+    assert_rule(logits, ref, low, f"{backend} pooled logits")
 
 
 def test_unpatch_restores_modules_and_outputs_exactly():
