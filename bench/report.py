@@ -258,7 +258,7 @@ def _op_figure(plt, ticker, groups, title):
     modes = sorted({key[5] for key in groups})
     fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 3.6), squeeze=False)
     drew = False
-    for ax, mode in zip(axes[0], modes):
+    for ax, mode in zip(axes[0], modes, strict=True):
         cases = sorted({key[2] for key in groups if key[5] == mode})
         providers = sorted({r.provider for key, rs in groups.items() if key[5] == mode for r in rs}, key=_provider_rank)
         width = 0.8 / max(len(providers), 1)
