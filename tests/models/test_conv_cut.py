@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import fastfer.models.conv_cut  # noqa: F401  (registers conv_cut, conv_cut_tiny)
 from fastfer.data.labels import EXPRESSIONS
-from fastfer.models.conv_cut import ConvCut
+from fastfer.models.conv_cut import ConvCut, TokenAttentionPool
 from fastfer.models.convert_convcut import load_convnext_trunk
 from fastfer.ops import _backends
 from tests.ops.helpers import assert_rule
@@ -192,6 +192,26 @@ def test_fused_backend_matches_torch_backend():
         low = model.forward_head(feats)
         ref64 = model.double().forward_head(feats.double())
     assert_rule(fused, ref64, low, "conv_cut_tiny logits, triton vs fp64")
+
+
+@pytest.mark.skipif(bool(_triton_reason()), reason=_triton_reason() or "")
+def test_token_attention_at_the_paper_width_256_fused_matches_torch():
+    """The paper head: 4 DET tokens of width 256 = one head of dim 256, the fused kernel's maximum."""
+    torch.manual_seed(2)
+    pool = TokenAttentionPool(256, backend="torch")
+    pool.reset_parameters()
+    tokens = torch.randn(3, 4, 256)
+    with torch.no_grad():
+        low = pool(tokens)
+        pool.backend = "triton"
+        fused = pool(tokens)
+        pool.backend = "torch"
+        ref64 = pool.double()(tokens.double())
+        pool.float()
+        q, k, v = pool.qkv(tokens).chunk(3, dim=-1)  # the formula of convcut.md §4.2, written out
+        formula = (torch.softmax(q @ k.transpose(1, 2) / 16.0, dim=-1) @ v).mean(dim=1)
+    assert_rule(fused, ref64, low, "token attention D=256, triton vs fp64")
+    torch.testing.assert_close(low, formula, rtol=1e-5, atol=1e-5)
 
 
 def test_training_steps_lower_the_loss():

@@ -1,6 +1,8 @@
 """FER-former (fastfer/models/fer_former.py) against ferformer.md: the released forward (transcribed in
 official_ferformer.py), contract, shapes, parameter counts, text features built once, heads, loss, backends,
 training, compile."""
+import copy
+
 import pytest
 import timm
 import torch
@@ -320,6 +322,21 @@ def test_fused_backend_matches_torch_backend(text_file):
         model.set_backend("torch")
         ref64 = stack(model.double(), tokens.double())
     assert_rule(fused, ref64, low, "fer_former_tiny blocks output, triton vs fp64")
+
+
+@pytest.mark.skipif(bool(_triton_reason()), reason=_triton_reason() or "")
+def test_fused_backend_matches_torch_in_a_paper_block(paper_model):
+    """One paper-size block (52 tokens, 4 heads of 64): the shape FER-former runs the fused op at."""
+    block = copy.deepcopy(paper_model.blocks[0]).eval()
+    x = torch.randn(2, 52, 256, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        block.attn.backend = "torch"
+        low = block(x)
+        block.attn.backend = "triton"
+        fused = block(x)
+        block.attn.backend = "torch"
+        ref64 = block.double()(x.double())
+    assert_rule(fused, ref64, low, "paper block, triton vs fp64")
 
 
 def test_compile_fullgraph_forward_backward_matches_eager(text_file):
