@@ -1,0 +1,229 @@
+"""The work behind ``fastfer predict``: result files (JSON lines / CSV), image batches, videos (frame sampling,
+face tracking and probability smoothing), annotated outputs."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+NO_FACE = "no face found"
+
+
+class ResultWriter:
+    """Writes result records to ``path`` (.jsonl / .json: one JSON object per line; .csv: one row per face) or,
+    with no path, JSON lines to stdout. Record: ``path``, optional ``frame`` / ``time``, ``faces``, ``error``."""
+
+    def __init__(self, path: Optional[str], label_names: Sequence[str]):
+        self.labels = list(label_names)
+        self.csv = path is not None and Path(path).suffix.lower() == ".csv"
+        if path is not None and os.path.dirname(os.path.abspath(path)):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.file = open(path, "w", newline="", encoding="utf-8") if path else sys.stdout
+        if self.csv:
+            self.columns = ["path", "frame", "time", "face", "track", "x1", "y1", "x2", "y2", "score", "alignment",
+                            "label", *(f"p_{n}" for n in self.labels), "error"]
+            self.rows = csv.DictWriter(self.file, self.columns)
+            self.rows.writeheader()
+
+    def write(self, record: dict) -> None:
+        if not self.csv:
+            self.file.write(json.dumps(record) + "\n")
+            return
+        base = {"path": record["path"], "frame": record.get("frame", ""), "time": record.get("time", ""),
+                "error": record.get("error", "")}
+        if not record["faces"]:
+            self.rows.writerow(base)
+        for i, face in enumerate(record["faces"]):
+            x1, y1, x2, y2 = face["box"]
+            row = dict(base, face=i, track=face.get("track", ""), x1=x1, y1=y1, x2=x2, y2=y2,
+                       score="" if face.get("score") is None else face["score"], alignment=face["alignment"],
+                       label=face["label"])
+            row.update({f"p_{n}": round(face["probs"][n], 6) for n in self.labels})
+            self.rows.writerow(row)
+
+    def close(self) -> None:
+        if self.file is not sys.stdout:
+            self.file.close()
+        else:
+            self.file.flush()
+
+
+def _record(path: str, faces: list, **extra) -> dict:
+    record = {"path": path, **extra, "faces": faces}
+    if not faces:
+        record["error"] = NO_FACE
+    return record
+
+
+def _write_image(path: Path, rgb: np.ndarray) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        cv2.imwrite(str(path.with_suffix(".png")), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+def process_image_batch(predictor, items: Sequence[tuple[str, str]], writer: ResultWriter, stats: dict, args,
+                        bar) -> None:
+    """Read (unreadable files → an error record), classify together, write records and annotated copies."""
+    from fastfer.data.face import read_image
+    from fastfer.viz import annotate_image
+
+    arrays, names, rels = [], [], []
+    for path, rel in items:
+        try:
+            arrays.append(read_image(path))
+            names.append(path)
+            rels.append(rel)
+        except (OSError, ValueError) as exc:
+            writer.write({"path": path, "faces": [], "error": str(exc)})
+            stats["unreadable"] += 1
+            bar.update(1)
+    for arr, path, rel, faces in zip(arrays, names, rels, predictor.predict(arrays, names=names)):
+        writer.write(_record(path, faces))
+        stats["images"] += 1
+        stats["faces"] += len(faces)
+        stats["no_face"] += not faces
+        if args.annotate:
+            _write_image(Path(args.annotate) / rel, annotate_image(arr, faces))
+        bar.update(1)
+
+
+# --- videos -----------------------------------------------------------------------------------------------------
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class FaceTracker:
+    """Greedy IoU tracking of faces across processed frames, with optional exponential smoothing of each track's
+    probabilities: p ← alpha·p_new + (1 − alpha)·p. A track unseen for ``max_gap`` processed frames ends.
+
+    ``update(faces)`` adds ``track`` to every face dict; with ``alpha`` set, ``label`` / ``probs`` become the
+    smoothed values and the frame's own prediction moves to ``raw_label`` / ``raw_probs``.
+    """
+
+    def __init__(self, label_names: Sequence[str], alpha: Optional[float] = None, min_iou: float = 0.3,
+                 max_gap: int = 5):
+        self.labels = list(label_names)
+        self.alpha, self.min_iou, self.max_gap = alpha, min_iou, max_gap
+        self.tracks: dict[int, dict] = {}
+        self.next_id = 0
+        self.step = 0
+
+    def update(self, faces: list[dict]) -> list[dict]:
+        self.step += 1
+        self.tracks = {k: t for k, t in self.tracks.items() if self.step - t["seen"] <= self.max_gap}
+        pairs = sorted(((_iou(f["box"], t["box"]), i, k) for i, f in enumerate(faces)
+                        for k, t in self.tracks.items()), reverse=True)
+        assigned: dict[int, int] = {}
+        used = set()
+        for iou, i, k in pairs:
+            if iou < self.min_iou:
+                break
+            if i not in assigned and k not in used:
+                assigned[i] = k
+                used.add(k)
+        for i, face in enumerate(faces):
+            probs = np.array([face["probs"][n] for n in self.labels])
+            if i in assigned:
+                track = self.tracks[assigned[i]]
+                if self.alpha is not None:
+                    probs = self.alpha * probs + (1 - self.alpha) * track["probs"]
+            else:
+                assigned[i] = self.next_id
+                self.next_id += 1
+                track = self.tracks[assigned[i]] = {}
+            track.update(box=face["box"], probs=probs, seen=self.step)
+            face["track"] = assigned[i]
+            if self.alpha is not None:
+                face["raw_label"], face["raw_probs"] = face["label"], face["probs"]
+                face["probs"] = {n: float(p) for n, p in zip(self.labels, probs)}
+                face["label"] = self.labels[int(probs.argmax())]
+        return faces
+
+
+def count_frames(path: str, every: int) -> int:
+    """Frames that will be classified in a video (0 when unknown or unreadable)."""
+    import cv2
+
+    cap = cv2.VideoCapture(path)
+    try:
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    finally:
+        cap.release()
+    return max(0, (n + every - 1) // every)
+
+
+def process_video(predictor, path: str, rel: str, writer: ResultWriter, stats: dict, args, bar) -> None:
+    """Classify every ``args.every``-th frame in batches; with ``--annotate`` write ``<DIR>/<rel>.mp4`` with each
+    frame showing the latest classified frame's faces."""
+    import cv2
+
+    from fastfer.viz import annotate_image
+
+    cap = cv2.VideoCapture(path)
+    ok, first = cap.read() if cap.isOpened() else (False, None)
+    if not ok:
+        cap.release()
+        writer.write({"path": path, "faces": [], "error": f"cannot read video {path!r} (not a video OpenCV "
+                                                           f"can decode)"})
+        stats["unreadable"] += 1
+        return
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    tracker = FaceTracker(predictor.label_names, args.smooth)
+    out = None
+    if args.annotate:
+        target = (Path(args.annotate) / rel).with_suffix(".mp4")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        h, w = first.shape[:2]
+        out = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    pending: list[tuple[int, np.ndarray]] = []  # sampled frames waiting for the model (RGB)
+    held: list[tuple[int, np.ndarray]] = []  # every frame waiting to be written to the annotated video (BGR)
+    last_faces: list = []
+
+    def flush():
+        nonlocal last_faces
+        results = predictor.predict([f for _, f in pending], names=[f"{path}#frame{i}" for i, _ in pending]) \
+            if pending else []
+        by_frame = {}
+        for (index, _), faces in zip(pending, results):
+            faces = tracker.update(faces)
+            writer.write(_record(path, faces, frame=index, time=round(index / fps, 3)))
+            stats["frames"] += 1
+            stats["faces"] += len(faces)
+            stats["no_face"] += not faces
+            by_frame[index] = faces
+            bar.update(1)
+        for index, bgr in held:
+            last_faces = by_frame.get(index, last_faces)
+            rgb = annotate_image(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), last_faces)
+            out.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        pending.clear()
+        held.clear()
+
+    index, frame = 0, first
+    while frame is not None:
+        if index % args.every == 0:
+            pending.append((index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
+        if out is not None:
+            held.append((index, frame))
+        if len(pending) >= predictor.batch_size or len(held) >= 256:  # bound the frames kept in memory
+            flush()
+        ok, frame = cap.read()
+        frame = frame if ok else None
+        index += 1
+    flush()
+    cap.release()
+    if out is not None:
+        out.release()
