@@ -4,7 +4,8 @@ Output (``--out``): JSON lines (one record per image or processed video frame: `
 videos, ``faces`` [...], ``error`` when the file could not be read or no face was found) or CSV (one row per
 face; images without a face get one row with the error). Without ``--out`` the JSON lines go to stdout. A
 progress bar goes to stderr. ``--annotate DIR`` writes each image (or video) with boxes and labels drawn on it.
-Unreadable files are reported and skipped; the exit status is 1 when any input could not be read.
+``--explain DIR`` draws APViT's patch scores and kept patches for the faces
+of each image. Unreadable files are reported and skipped; the exit status is 1 when any input could not be read.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def register(subparsers) -> None:
                    help="several faces in an image: all of them, the largest, or stop")
     p.add_argument("--out", help="results file: .jsonl (or .json) or .csv (default: JSON lines on stdout)")
     p.add_argument("--annotate", metavar="DIR", help="write images / videos with boxes and labels into DIR")
+    p.add_argument("--explain", metavar="DIR", help="images: write <DIR>/<name>.app.png showing, per face, APViT's "
+                   "patch scores and the patches its pooling keeps (APViT models only)")
     p.add_argument("--every", type=int, default=1, metavar="N", help="videos: classify every N-th frame (default 1)")
     p.add_argument("--smooth", type=float, nargs="?", const=0.5, default=None, metavar="ALPHA",
                    help="videos: exponential moving average of each tracked face's probabilities, weight ALPHA "
@@ -104,6 +107,10 @@ def run(args) -> int:
         predictor = _build_predictor(args)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as exc:
         print(f"fastfer predict: {exc}", file=sys.stderr)
+        return 2
+    if args.explain and not predictor.can_explain:
+        print(f"fastfer predict: --explain: model {predictor.info.model_name!r} does not report its pooling "
+              f"decisions (APViT models do)", file=sys.stderr)
         return 2
     total = sum(count_frames(p, args.every) if kind == "video" else 1 for kind, p, _ in inputs)
     writer = ResultWriter(args.out, predictor.label_names)

@@ -84,7 +84,11 @@ def process_image_batch(predictor, items: Sequence[tuple[str, str]], writer: Res
             writer.write({"path": path, "faces": [], "error": str(exc)})
             stats["unreadable"] += 1
             bar.update(1)
-    for arr, path, rel, faces in zip(arrays, names, rels, predictor.predict(arrays, names=names)):
+    explain = bool(getattr(args, "explain", None))
+    for arr, path, rel, faces in zip(arrays, names, rels, predictor.predict(arrays, names=names, crops=explain)):
+        if explain:
+            _write_explanation(predictor, Path(args.explain) / (rel + ".app.png"), [f.pop("crop") for f in faces],
+                               faces)
         writer.write(_record(path, faces))
         stats["images"] += 1
         stats["faces"] += len(faces)
@@ -92,6 +96,21 @@ def process_image_batch(predictor, items: Sequence[tuple[str, str]], writer: Res
         if args.annotate:
             _write_image(Path(args.annotate) / rel, annotate_image(arr, faces))
         bar.update(1)
+
+
+def _write_explanation(predictor, target: Path, crops: list, faces: list) -> None:
+    """APP / ATP overlay of one image's faces (one row per face) — nothing for an image without faces."""
+    import torch
+
+    from fastfer.viz import plot_app_overlay
+
+    if not crops:
+        return
+    details = predictor.explain(crops)
+    images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
+    titles = [f"face {i}: {f['label']} {f['probs'][f['label']]:.2f}" for i, f in enumerate(faces)]
+    plot_app_overlay(images, details["app_scores"], details["app_index"], target, details["token_positions"],
+                     titles=titles)
 
 
 # --- videos -----------------------------------------------------------------------------------------------------

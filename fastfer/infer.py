@@ -1,11 +1,12 @@
 """Batch-native inference: images → detected, aligned faces → expression labels and probabilities.
 
     from fastfer.infer import Predictor
-    predictor = Predictor("run/checkpoint.safetensors")            # or Predictor(model_object)
+    predictor = Predictor("run/model.safetensors")                # a training run's weights, or a model object
     results = predictor.predict(["a.jpg", rgb_array, pil_image])  # per image: a list of faces
     results[0][0]  # {"box": [x1, y1, x2, y2], "landmarks": [[x, y], …] | None, "score": …, "alignment": …,
                    #  "label": "happy", "probs": {"neutral": 0.01, "happy": 0.93, …}, "logits": [...]}
     predictor.predict_faces(torch_uint8_batch)                    # (B, 3, H, W) face crops, no detection
+    predictor.explain(crops)                                      # APViT: APP scores, kept patches per block
 
 Faces of all images are classified together in batches of ``batch_size`` (one forward per batch, not per face).
 Images are RGB: numpy (H, W, 3) uint8 or float in [0, 1], PIL images, (3, H, W) / (B, 3, H, W) tensors (uint8 or
@@ -25,9 +26,6 @@ from fastfer.data import face as face_lib
 from fastfer.infer_load import ModelInfo, load_model  # noqa: F401 — ModelInfo is part of the API
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-ImageLike = Union[str, os.PathLike, np.ndarray, Tensor, "PIL.Image.Image"]  # noqa: F821
-
 
 def _resolve_device(device) -> torch.device:
     if device is None:
@@ -59,6 +57,8 @@ class Predictor:
             only; batches are padded to ``batch_size``). With ``compile`` this is mode ``reduce-overhead``.
         model_name, num_classes: for checkpoints without metadata (plain state dicts); checked against the
             checkpoint's metadata when it has some.
+
+    A model object is used in place: moved to ``device``, put in eval mode, its backend set when given.
     """
 
     def __init__(self, model: Union[nn.Module, str, os.PathLike], device=None, backend: Optional[str] = None,
@@ -204,6 +204,39 @@ class Predictor:
             batch = batch.pin_memory()
         return self.normalize(batch)
 
+    @property
+    def can_explain(self) -> bool:
+        """Whether :meth:`explain` works: the model's ``forward_features`` takes ``return_details``."""
+        import inspect
+
+        forward_features = getattr(self.model, "forward_features", None)
+        return forward_features is not None and "return_details" in inspect.signature(forward_features).parameters
+
+    def explain(self, crops) -> dict:
+        """APViT's pooling decisions for face crops at the input size — what :func:`fastfer.viz.plot_app_overlay`
+        draws.
+
+        Args:
+            crops: (N, 3, H, W) uint8 / float [0, 1] tensor or a list of (H, W, 3) uint8 arrays (e.g. the
+                ``crop`` of each face from ``predict(..., crops=True)``).
+
+        Returns CPU tensors: ``app_scores`` (N, h, w), ``app_index`` (N, K) grid positions APP kept,
+        ``token_positions`` list per block of (N, M_i) grid positions alive after that block. Models without
+        these details (``forward_features(x, return_details=True)``) raise TypeError.
+        """
+        if not self.can_explain:
+            raise TypeError(f"explain: model {self.info.model_name!r} does not report its pooling decisions "
+                            f"(forward_features(x, return_details=True); APViT does)")
+        if isinstance(crops, Tensor):
+            x = self.normalize(crops)
+        else:
+            x = self._to_input([face_lib.resize_face(face_lib.as_rgb_uint8(c, f"crops[{i}]"), self.input_size)
+                                for i, c in enumerate(crops)])
+        with torch.inference_mode():
+            _, details = self.model.forward_features(x, return_details=True)
+        return {"app_scores": details["app_scores"].float().cpu(), "app_index": details["app_index"].cpu(),
+                "token_positions": [p.cpu() for p in details["token_positions"]]}
+
     # --- images with detection --------------------------------------------------------------------------------
 
     @staticmethod
@@ -237,10 +270,9 @@ class Predictor:
         return face_lib.align_face(image, face, self.input_size)
 
     def iter_predict(self, images: Iterable, boxes: Optional[Sequence] = None, landmarks: Optional[Sequence] = None,
-                     names: Optional[Sequence[str]] = None) -> Iterator[list[dict]]:
+                     names: Optional[Sequence[str]] = None, crops: bool = False) -> Iterator[list[dict]]:
         """Like :meth:`predict` but lazy: reads, detects and classifies ``batch_size`` images at a time and yields
-        each image's face list in order (for long folders and videos). ``names`` label the images in error
-        messages (default: the path, else ``images[i]``)."""
+        each image's face list in order (for long folders and videos)."""
         if isinstance(images, Tensor):
             if images.dim() == 3:
                 images = images[None]
@@ -262,12 +294,12 @@ class Predictor:
                                 where)
             group.append((arr, faces))
             if len(group) == self.batch_size:
-                yield from self._classify(group)
+                yield from self._classify(group, crops)
                 group = []
         if group:
-            yield from self._classify(group)
+            yield from self._classify(group, crops)
 
-    def _classify(self, group: list[tuple[np.ndarray, list]]) -> Iterator[list[dict]]:
+    def _classify(self, group: list[tuple[np.ndarray, list]], keep_crops: bool) -> Iterator[list[dict]]:
         crops, kinds = [], []
         for arr, faces in group:
             for f in faces:
@@ -275,7 +307,7 @@ class Predictor:
                 crops.append(crop)
                 kinds.append(kind)
         results = iter(self._results(self.logits(self._to_input(crops))))
-        kinds = iter(kinds)
+        kinds, crop_iter = iter(kinds), iter(crops)
         for _arr, faces in group:
             out = []
             for f in faces:
@@ -287,10 +319,13 @@ class Predictor:
                     "alignment": next(kinds),
                     **r,
                 })
+                crop = next(crop_iter)
+                if keep_crops:
+                    out[-1]["crop"] = crop
             yield out
 
     def predict(self, images, boxes: Optional[Sequence] = None, landmarks: Optional[Sequence] = None,
-                names: Optional[Sequence[str]] = None) -> list[list[dict]]:
+                names: Optional[Sequence[str]] = None, crops: bool = False) -> list[list[dict]]:
         """Detect, align and classify every face of every image.
 
         Args:
@@ -301,9 +336,10 @@ class Predictor:
             landmarks: optional, per image, (F, 5, 2) or (F, 2, 2) landmarks (aligned exactly; with boxes, one
                 set per box).
             names: optional per-image names used in error messages (default: the path, else ``images[i]``).
+            crops: also return each face's aligned crop, ``crop`` (H, W, 3) uint8 RGB at the model's input size.
 
         Returns, per image, a list of faces (empty when none was found and ``no_face="skip"``), each
         ``{"box", "landmarks", "score", "alignment", "label", "probs", "logits"}``; ``alignment`` is ``5-point``,
         ``2-point``, ``box`` (eyes estimated from the box) or ``full`` (whole image resized).
         """
-        return list(self.iter_predict(images, boxes, landmarks, names))
+        return list(self.iter_predict(images, boxes, landmarks, names, crops))

@@ -37,6 +37,7 @@ def setup(tmp_path_factory):
     cv2.imwrite(str(photos / "astronaut.png"), bgr)
     cv2.imwrite(str(photos / "sub" / "blank.jpg"), np.full((64, 64, 3), 90, np.uint8))
     (photos / "sub" / "broken.png").write_bytes(b"\x89PNG truncated")
+    (photos / "sub" / "broken.mp4").write_bytes(b"not a video")
     (photos / "notes.txt").write_text("not an image: skipped in folders")
     video = cv2.VideoWriter(str(photos / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (256, 256))
     for i in range(VIDEO_FRAMES):  # the face drifts right by 3 px a frame
@@ -57,15 +58,16 @@ def test_folder_with_video_to_jsonl_with_annotations(setup, capsys):
     rc = _run([str(setup / "photos"), str(setup / "missing.jpg"), "--checkpoint", str(setup / "run"),
                "--out", str(out), "--annotate", str(ann), "--every", "2", "--smooth", "--batch-size", "4",
                "--backend", "torch"])
-    assert rc == 1  # missing.jpg and broken.png could not be read
+    assert rc == 1  # missing.jpg, broken.png and broken.mp4 could not be read
     err = capsys.readouterr().err
-    assert "2 images, 3 video frames, 4 faces, 1 without a face, 2 unreadable" in err
+    assert "2 images, 3 video frames, 4 faces, 1 without a face, 3 unreadable" in err
     records = [json.loads(line) for line in out.read_text().splitlines()]
     by_path = {}
     for r in records:
         by_path.setdefault(r["path"].rsplit("/", 1)[-1], []).append(r)
     assert "no such file" in by_path["missing.jpg"][0]["error"]
     assert "broken.png" in by_path["broken.png"][0]["error"]
+    assert "cannot read video" in by_path["broken.mp4"][0]["error"]
     assert by_path["blank.jpg"][0] == {"path": str(setup / "photos" / "sub" / "blank.jpg"), "faces": [],
                                        "error": "no face found"}
     (photo,) = by_path["astronaut.png"]
@@ -97,6 +99,18 @@ def test_csv_rows(setup):
     probs = [float(rows[0][f"p_{n}"]) for n in ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger")]
     assert abs(sum(probs) - 1) < 1e-4 and float(rows[0][f"p_{rows[0]['label']}"]) == max(probs)
     assert rows[1]["error"] == "no face found" and rows[1]["label"] == ""
+
+
+def test_explain_writes_the_pooling_overlay(setup):
+    from matplotlib.image import imread
+
+    target = setup / "explain"
+    assert _run([str(setup / "photos" / "astronaut.png"), "--checkpoint", str(setup / "run"), "--explain",
+                 str(target), "--backend", "torch", "--out", str(setup / "e.jsonl")]) == 0
+    png = imread(str(target / "astronaut.png.app.png"))
+    assert png.shape[1] > 3 * png.shape[0]  # one row: face, score map, APP kept, after block 1
+    record = __import__("json").loads((setup / "e.jsonl").read_text())
+    assert "crop" not in record["faces"][0]
 
 
 def test_model_without_checkpoint_and_detector_none(setup, capsys):

@@ -192,6 +192,35 @@ def test_detector_none_treats_images_as_crops(model):
     _assert_same(predictor.predict_faces(crops), [f[0] for f in faces])
 
 
+def test_explain_reports_apvit_pooling(predictor, model, astronaut):
+    (faces,) = predictor.predict(astronaut, crops=True)
+    crop = faces[0]["crop"]
+    assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
+    details = predictor.explain([crop])
+    assert details["app_scores"].shape == (1, 14, 14) and details["app_index"].shape == (1, 64)
+    assert [p.shape[1] for p in details["token_positions"]] == [64, 57]  # block 1 keeps int(64 · 0.9)
+    kept = set(details["app_index"][0].tolist())
+    assert set(details["token_positions"][1][0].tolist()) <= kept  # ATP keeps a subset of APP's patches
+    # APP keeps the highest-scoring positions of the map
+    scores = details["app_scores"][0].flatten()
+    assert scores[list(kept)].min() >= scores[[i for i in range(196) if i not in kept]].max()
+
+
+def test_explain_needs_a_model_with_details():
+    class Plain(torch.nn.Module):
+        pretrained_cfg = dict(input_size=(3, 8, 8), mean=(0.5,) * 3, std=(0.5,) * 3, label_names=("a", "b"))
+        num_classes = 2
+
+        def forward(self, x):
+            return x.mean((2, 3))[:, :2]
+
+    predictor = Predictor(Plain(), device="cpu", detector="none")
+    assert not predictor.can_explain
+    assert predictor.predict_faces(torch.zeros(1, 3, 8, 8))[0]["label"] in ("a", "b")
+    with pytest.raises(TypeError, match="explain"):
+        predictor.explain(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+
+
 # --- checkpoints ------------------------------------------------------------------------------------------------
 
 
