@@ -150,24 +150,27 @@ def _upsample_mask(mask: np.ndarray, H: int, W: int) -> np.ndarray:
     return mask[rows[:, None], cols[None, :]]
 
 
-def _draw_kept(ax, image: np.ndarray, mask: np.ndarray, title: str) -> None:
-    """Face with dropped patches dimmed and a grid over the kept ones."""
+def _draw_kept(ax, image: np.ndarray, mask: np.ndarray, title: str, dropped: Optional[np.ndarray] = None) -> None:
+    """Face with the dropped patches dimmed, a thin yellow outline on every kept patch and a red outline on the
+    patches this stage dropped (``dropped``: (h, w) bool, kept by the previous stage but not by this one)."""
     H, W = image.shape[:2]
     big = _upsample_mask(mask, H, W)[..., None]
     ax.imshow(np.where(big, image, image * 0.25))
     h, w = mask.shape
-    for r in range(h):  # thin outline of every kept patch
+    for r in range(h):
         for c in range(w):
+            x0, y0 = c * W / w - 0.5, r * H / h - 0.5
             if mask[r, c]:
-                x0, y0 = c * W / w - 0.5, r * H / h - 0.5
-                ax.add_patch(_rect(x0, y0, W / w, H / h))
+                ax.add_patch(_rect(x0, y0, W / w, H / h, (1.0, 0.85, 0.1, 0.7), 0.4))
+            elif dropped is not None and dropped[r, c]:
+                ax.add_patch(_rect(x0, y0, W / w, H / h, (1.0, 0.15, 0.1, 1.0), 1.0))
     ax.set_title(title, fontsize=9)
 
 
-def _rect(x, y, w, h):
+def _rect(x, y, w, h, colour, width):
     from matplotlib.patches import Rectangle
 
-    return Rectangle((x, y), w, h, fill=False, linewidth=0.4, edgecolor=(1.0, 0.85, 0.1, 0.7))
+    return Rectangle((x, y), w, h, fill=False, linewidth=width, edgecolor=colour)
 
 
 def plot_app_overlay(images, score_maps, kept_index, path, kept_per_block: Optional[list] = None,
@@ -176,7 +179,7 @@ def plot_app_overlay(images, score_maps, kept_index, path, kept_per_block: Optio
 
     One row per image: the face; the APP score map (per-patch L1 activation) as a heat map over it; the
     patches APP kept (the others dimmed); then, for each block in ``kept_per_block`` that dropped tokens,
-    the patches still alive after it.
+    the patches still alive after it, with the ones that block dropped outlined in red.
 
     Args:
         images: (B, 3, H, W) float RGB in [0, 1] (un-normalised faces; values are clipped).
@@ -228,12 +231,16 @@ def plot_app_overlay(images, score_maps, kept_index, path, kept_per_block: Optio
         ax.imshow(norm, cmap="jet", alpha=0.45, extent=(-0.5, W - 0.5, H - 0.5, -0.5), interpolation="bilinear")
         ax.set_title("APP score map", fontsize=9)
         c = 2
+        previous = np.ones((h, w), dtype=bool)
         if kept is not None:
-            _draw_kept(axes[r, c], face, _kept_mask(kept[r], h, w), f"APP kept {kept.shape[1]}/{h * w}")
+            previous = _kept_mask(kept[r], h, w)
+            _draw_kept(axes[r, c], face, previous, f"APP kept {kept.shape[1]}/{h * w}")
             c += 1
         for i, positions in blocks:
-            _draw_kept(axes[r, c], face, _kept_mask(positions[r], h, w),
-                       f"after block {i}: {positions.shape[1]}")
+            mask = _kept_mask(positions[r], h, w)
+            _draw_kept(axes[r, c], face, mask, f"after block {i}: {positions.shape[1]} (red: dropped)",
+                       dropped=previous & ~mask)
+            previous = mask
             c += 1
     for ax in axes.reshape(-1):
         ax.set_xticks([]), ax.set_yticks([])
