@@ -1,0 +1,199 @@
+"""``fastfer train`` and ``fastfer eval``.
+
+``fastfer train`` with no argument trains the small APViT on the built-in synthetic expression set (recipe
+``synthetic``) and writes ``runs/<timestamp>/``. Every recipe field can be changed with a named flag or with
+``--set KEY=VALUE`` (dots descend into dict fields: ``--set model_kwargs.depth=2``). Multi-GPU:
+``torchrun --nproc_per_node N -m fastfer train ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+TRAIN_FLAGS = {  # flag dest → config key
+    "model": "model", "data": "data", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "amp": "amp",
+    "backend": "backend", "workers": "workers", "threads": "threads", "seed": "seed", "device": "device",
+    "accum_steps": "accum_steps", "grad_clip": "grad_clip", "ema": "ema", "save_every_steps": "save_every_steps",
+    "text_encoder": "text_encoder", "val_source": "val_source", "optimizer": "optimizer",
+    "max_steps_per_epoch": "max_steps_per_epoch",
+}
+RUNTIME_KEYS = ("device", "workers", "threads")  # may change on --resume without changing the result
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model (default: small APViT on the synthetic set)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="apvit, apvit_tiny, fer_former, fer_former_tiny, conv_cut, conv_cut_tiny "
+                                   "(default: the recipe's)")
+    p.add_argument("--data", help="synthetic (default) or NAME:PATH with NAME in rafdb, ferplus, affectnet, "
+                                  "fer2013, sfew, expw, folder")
+    p.add_argument("--recipe", help="apvit, fer_former, conv_cut, synthetic (default: the model's, else synthetic)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="per process")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"))
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the training forward")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--backend", help="op backend: triton, cuda, cpu, torch (default: automatic)")
+    p.add_argument("--device", help="auto (default), cpu, cuda")
+    p.add_argument("--workers", type=int, help="DataLoader workers (default: 1 on CPU, up to 8 on CUDA)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: idle cores)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--accum-steps", type=int, help="gradient accumulation micro-batches per step")
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--ema", type=float, help="EMA decay per step (evaluation then uses the EMA weights)")
+    p.add_argument("--deterministic", action="store_true", default=None)
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--save-every-steps", type=int, help="also checkpoint every N optimizer steps")
+    p.add_argument("--max-steps-per-epoch", type=int, help="cut epochs short (smoke runs)")
+    p.add_argument("--text-encoder", help="FER-former: text-feature tensor file or open_clip:PATH (local)")
+    p.add_argument("--val-source", choices=("auto", "test"), help="test = the papers' protocol (labelled)")
+    p.add_argument("--tensorboard", action="store_true", default=None)
+    p.add_argument("--set", dest="assign", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field, e.g. --set weight_decay=0 --set model_kwargs.depth=2")
+    p.add_argument("--out", help="run folder (default: runs/<timestamp>)")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
+                   help="continue the run in RUN (or in --out) exactly where its last checkpoint left off")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines only)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=run_train)
+
+    e = subparsers.add_parser("eval", help="evaluate a trained checkpoint on a dataset split")
+    e.add_argument("--checkpoint", required=True, help="model.safetensors, a checkpoint folder or a run folder")
+    e.add_argument("--data", default=None, help="dataset spec as for train (default: the checkpoint's)")
+    e.add_argument("--split", default="test", choices=("test", "val", "train"))
+    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
+    e.add_argument("--backend")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--workers", type=int)
+    e.add_argument("--threads", type=int)
+    e.add_argument("--set", dest="assign", action="append", default=[], metavar="KEY=VALUE",
+                   help="data_kwargs.* for the reader, e.g. --set data_kwargs.images=apvit")
+    e.add_argument("--out", help="folder for test_report.json + confusion matrix (default: runs/eval-<time>)")
+    e.set_defaults(func=run_eval)
+
+
+def _overrides(args) -> dict:
+    from fastfer.train.recipes import parse_assignments
+
+    over = parse_assignments(args.assign)
+    for dest, key in TRAIN_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None and dest != "model":
+            over[key] = value
+    for flag in ("compile", "channels_last", "deterministic", "sync_bn", "tensorboard"):
+        if getattr(args, flag, None) is not None:
+            over[flag] = getattr(args, flag)
+    return over
+
+
+def run_train(args) -> int:
+    from fastfer.train.engine import Trainer
+    from fastfer.train.recipes import TrainConfig, resolve_config, validate
+    from fastfer.train.runtime import NonFiniteLossError
+
+    if args.resume is not None:
+        run_dir = Path(args.resume or args.out or "")
+        if not str(run_dir) or not (run_dir / "config.json").is_file():
+            print(f"fastfer train: --resume needs a run folder holding config.json (got "
+                  f"{str(run_dir) or 'none: pass --resume RUN or --out RUN'})", file=sys.stderr)
+            return 2
+        saved = json.loads((run_dir / "config.json").read_text())
+        over = _overrides(args)
+        ignored = sorted(k for k in over if k not in RUNTIME_KEYS)
+        if ignored or args.model or args.recipe:
+            print(f"fastfer train: resuming {run_dir} with its saved config; ignoring {ignored + ['model'] * bool(args.model) + ['recipe'] * bool(args.recipe)}",
+                  file=sys.stderr)
+        saved.update({k: over[k] for k in RUNTIME_KEYS if k in over})
+        saved["betas"] = tuple(saved.get("betas", (0.9, 0.999)))
+        cfg = TrainConfig(**saved)
+        validate(cfg)
+        out = run_dir
+    else:
+        try:
+            cfg = resolve_config(args.recipe, args.model, _overrides(args))
+        except ValueError as e:
+            print(f"fastfer train: {e}", file=sys.stderr)
+            return 2
+        out = Path(args.out) if args.out else None
+    if args.print_config:
+        print(json.dumps(cfg.to_json(), indent=2))
+        return 0
+    try:
+        Trainer(cfg, out, resume=args.resume is not None, progress=not args.no_progress).run()
+    except NonFiniteLossError as e:
+        print(f"fastfer train: {e}", file=sys.stderr)
+        return 3
+    finally:
+        from fastfer.train import distributed as dist_utils
+
+        dist_utils.shutdown()
+    return 0
+
+
+def run_eval(args) -> int:
+    import torch
+
+    from fastfer.train.checkpoint import build_model_from_checkpoint
+    from fastfer.train.data import Augmented, build_eval_split, eval_loader, make_transforms
+    from fastfer.train.evaluate import predict_loader, report_from_predictions
+    from fastfer.train.metrics import format_report, write_report
+    from fastfer.train.recipes import parse_assignments
+    from fastfer.train.runtime import amp_dtype, default_run_dir, pick_device, pick_threads, pick_workers
+
+    device = pick_device(args.device)
+    torch.set_num_threads(pick_threads(args.threads, device))
+    model, meta = build_model_from_checkpoint(args.checkpoint, backend=args.backend, device=device)
+    pre = meta.get("preprocessing", {})
+    size = int(pre.get("input_size", [3, 112, 112])[-1])
+    over = parse_assignments(args.assign)
+    spec = args.data or meta.get("data")
+    if not spec:
+        print("fastfer eval: --data is required (the checkpoint does not name its dataset)", file=sys.stderr)
+        return 2
+    data_kwargs = over.get("data_kwargs", {})
+    dataset, alignment = build_eval_split(spec, args.split, data_kwargs, size, pick_workers(args.workers, device),
+                                          num_classes=meta["num_classes"])
+    names = list(meta["label_names"])
+    if list(dataset.label_names) != names:
+        print(f"fastfer eval: the dataset's classes {list(dataset.label_names)} differ from the checkpoint's "
+              f"{names}; pass reader options (e.g. --set data_kwargs.num_classes={len(names)})", file=sys.stderr)
+        return 2
+    if pre.get("alignment") and pre["alignment"] != alignment:
+        print(f"note: the checkpoint was trained on faces with alignment '{pre['alignment']}', this data has "
+              f"'{alignment}'", file=sys.stderr)
+    tf = make_transforms(pre.get("test_transform", "light"), size, pre.get("mean"), pre.get("std"), train=False)
+    loader = eval_loader(Augmented(dataset, tf), args.batch_size, pick_workers(args.workers, device))
+    t0 = time.perf_counter()
+    pred = predict_loader(model, loader, device, amp_dtype(args.amp, device))
+    report = report_from_predictions(pred, names)
+    report.update(checkpoint=str(args.checkpoint), data=spec, split=args.split, model=meta["model"],
+                  eval_time_s=time.perf_counter() - t0)
+    out = Path(args.out) if args.out else default_run_dir("eval-")
+    paths = write_report(report, out, prefix=args.split,
+                         title=f"{meta['model']} on {spec} {args.split} — accuracy {report['accuracy']:.1%}")
+    print(f"{meta['model']} ({args.checkpoint}) on {spec} [{args.split}], {report['n']} images:")
+    print(format_report(report))
+    for k in ("text_accuracy", "fused_accuracy"):
+        if k in report:
+            print(f"{k.replace('_', ' ')} {report[k]:.4f}")
+    print(f"wrote {', '.join(os.fspath(p) for p in paths)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastfer.cli_train train|eval ...`` (the same commands as ``fastfer train|eval``)."""
+    parser = argparse.ArgumentParser(prog="fastfer")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

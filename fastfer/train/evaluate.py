@@ -1,0 +1,144 @@
+"""Evaluation shared by training (every epoch, then the test split) and ``fastfer eval``: predictions gathered over
+ranks, loss, metrics; the APP/ATP overlay of a few faces for APViT models."""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastfer.train import distributed as dist_utils
+from fastfer.train.metrics import classification_report, confusion_matrix, summarize
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    """``torch.autocast`` for ``dtype`` (bf16 / fp16), or a no-op context for full precision."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def has_text_head(model: nn.Module) -> bool:
+    """A FER-former whose text features are built: both heads can be scored."""
+    return hasattr(model, "forward_outputs") and bool(getattr(model, "text_ready", False))
+
+
+@torch.no_grad()
+def predict_loader(model: nn.Module, loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
+                   channels_last: bool = False) -> dict[str, torch.Tensor]:
+    """Run ``model`` (eval mode) over ``loader`` (this rank's share) and gather over ranks.
+
+    Returns ``targets`` (N,), ``logits`` (N, C) float32 and, for a FER-former with text features,
+    ``text_logits`` (N, C). Rows are in rank-strided order (the same order for every key).
+    """
+    was_training = model.training
+    model.eval()
+    text = has_text_head(model)
+    outs: dict[str, list] = {"targets": [], "logits": [], "text_logits": []}
+    for x, y in loader:
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            if text:
+                o = model.forward_outputs(x)
+                outs["logits"].append(o.logits.float().cpu())
+                outs["text_logits"].append(o.text_logits.float().cpu())
+            else:
+                outs["logits"].append(model(x).float().cpu())
+        outs["targets"].append(torch.as_tensor(y).cpu())
+    model.train(was_training)
+    result = {}
+    for k, parts in outs.items():
+        if not parts:
+            continue
+        local = torch.cat(parts)
+        if dist_utils.env_info().enabled:
+            flat = dist_utils.all_gather_cat(local.reshape(-1))
+            local = flat.reshape(-1, *local.shape[1:]) if local.dim() > 1 else flat
+        result[k] = local
+    return result
+
+
+def metrics_from_predictions(pred: dict[str, torch.Tensor], num_classes: int, prefix: str = "val") -> dict:
+    """Loss, accuracy, mean class accuracy, macro F1 (label head); text-head and fused accuracy for FER-former
+    (fused = argmax of the mean of both softmaxes, D6)."""
+    y, logits = pred["targets"].long(), pred["logits"]
+    cm = confusion_matrix(y, logits.argmax(1), num_classes)
+    s = summarize(cm)
+    out = {f"{prefix}_loss": float(F.cross_entropy(logits, y)) if len(y) else float("nan"),
+           f"{prefix}_accuracy": s["accuracy"], f"{prefix}_mean_class_accuracy": s["mean_class_accuracy"],
+           f"{prefix}_macro_f1": s["macro_f1"]}
+    if "text_logits" in pred:
+        tl = pred["text_logits"]
+        fused = (logits.softmax(1) + tl.softmax(1)) / 2
+        out[f"{prefix}_text_accuracy"] = float((tl.argmax(1) == y).float().mean())
+        out[f"{prefix}_fused_accuracy"] = float((fused.argmax(1) == y).float().mean())
+    return out
+
+
+def report_from_predictions(pred: dict[str, torch.Tensor], label_names) -> dict:
+    """Full report (summary, confusion matrix, per class) of the label head, plus FER-former's other heads."""
+    y = pred["targets"].long()
+    cm = confusion_matrix(y, pred["logits"].argmax(1), len(label_names))
+    report = classification_report(cm, label_names)
+    extra = metrics_from_predictions(pred, len(label_names), prefix="x")
+    report["loss"] = extra["x_loss"]
+    for k in ("text_accuracy", "fused_accuracy"):
+        if f"x_{k}" in extra:
+            report[k] = extra[f"x_{k}"]
+    return report
+
+
+def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Normalised (B, 3, H, W) → RGB in [0, 1]."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x.float().cpu() * s + m).clamp(0, 1)
+
+
+def supports_overlay(model: nn.Module) -> bool:
+    import inspect
+
+    fn = getattr(model, "forward_features", None)
+    return fn is not None and "return_details" in inspect.signature(fn).parameters
+
+
+@torch.no_grad()
+def write_overlay(model: nn.Module, dataset, count: int, path: str | os.PathLike, mean, std,
+                  device: torch.device, label_names) -> Optional[str]:
+    """APP score map + kept patches (and the tokens alive after each pooling block) for the first ``count``
+    samples of ``dataset`` (a normalised-tensor dataset), through :func:`fastfer.viz.plot_app_overlay`.
+    Returns the path, or None for a model without APP details."""
+    if count <= 0 or not supports_overlay(model):
+        return None
+    from fastfer.viz import plot_app_overlay
+
+    from fastfer.train.data import targets_of
+
+    targets = targets_of(dataset)
+    # one face per class first, then the next ones in order
+    first = {}
+    for i, t in enumerate(targets):
+        first.setdefault(int(t), i)
+    picked = sorted(first.values())[:count]
+    picked += [i for i in range(len(targets)) if i not in picked][: count - len(picked)]
+    xs, ys = [], []
+    for i in picked:
+        x, y = dataset[i]
+        xs.append(x)
+        ys.append(int(y))
+    was_training = model.training
+    model.eval()
+    x = torch.stack(xs).to(device)
+    tokens, details = model.forward_features(x, return_details=True)
+    pred = model.forward_head(tokens).argmax(1).cpu().tolist()
+    model.train(was_training)
+    titles = [f"true {label_names[t]} / pred {label_names[p]}" for t, p in zip(ys, pred)]
+    return plot_app_overlay(denormalize(x, mean, std), details["app_scores"].float().cpu(),
+                            details["app_index"].cpu(), os.fspath(path),
+                            kept_per_block=[p.cpu() for p in details["token_positions"]], titles=titles,
+                            max_images=count)

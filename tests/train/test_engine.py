@@ -1,0 +1,90 @@
+"""Engine behaviour on tiny runs: NaN stop keeping the last good checkpoint, gradient accumulation, EMA,
+the two-stage Conv-cut recipe and FER-former's two-head loss."""
+import json
+
+import pytest
+import torch
+
+from fastfer.cli_train import main
+from fastfer.train.checkpoint import load_checkpoint, load_weights, read_latest, resolve_checkpoint_dir
+from tests.train.helpers import tiny_args
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    blow_up = ["--optimizer", "sgd", "--lr", "1e8", "--set", "grad_clip=None", "--set", "warmup_epochs=0",
+               "--save-every-steps", "1", "--set", "overlay_images=0"]
+    assert main(tiny_args(run, 2, extra=blow_up)) == 3
+    err = capsys.readouterr().err
+    assert "at optimizer step" in err and "training stopped" in err
+    step = int(err.split("optimizer step ")[1].split()[0])
+    latest = read_latest(run / "checkpoints")
+    assert latest is not None and latest in err  # the message names the last good checkpoint
+    weights, meta, state = load_checkpoint(resolve_checkpoint_dir(run))
+    assert meta["step"] < step
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+    assert not (run / "model.safetensors").exists()
+
+
+def test_gradient_accumulation_and_ema(tmp_path):
+    run = tmp_path / "acc"
+    assert main(tiny_args(run, 1, extra=["--batch-size", "8", "--accum-steps", "2", "--ema", "0.5",
+                                         "--set", "overlay_images=0"])) == 0
+    hist = json.loads((run / "metrics.json").read_text())
+    assert hist[0]["step"] == 64 // (8 * 2)  # optimizer steps, not micro-batches
+    _, _, state = load_checkpoint(resolve_checkpoint_dir(run))
+    final, meta = load_weights(run / "model.safetensors")
+    # the EMA weights are what the run keeps
+    assert all(torch.equal(final[k], v) for k, v in state["ema"].items())
+    assert meta["model"] == "apvit_tiny" and meta["num_classes"] == 7
+
+
+def test_conv_cut_two_stages_carry_the_head_and_apply_stage_updates(tmp_path):
+    run = tmp_path / "cc"
+    args = ["train", "--model", "conv_cut_tiny", "--recipe", "conv_cut", "--out", str(run), "--epochs", "1",
+            "--batch-size", "8", "--threads", "1", "--workers", "0", "--no-progress", "--backend", "torch",
+            "--set", "input_size=96", "--set", "data_kwargs={'train_size': 32, 'val_size': 8, 'test_size': 8}"]
+    assert main(args) == 0
+    hist = json.loads((run / "metrics.json").read_text())
+    assert [r["stage"] for r in hist] == ["train-head", "finetune-backbone"]
+    assert hist[0]["lr"] == pytest.approx(1e-3) and hist[1]["lr"] == pytest.approx(1e-5 / (1 + 1 / 80))
+    final, _ = load_weights(run / "model.safetensors")
+    assert not any(k.startswith("layernorm.") for k in final)  # stage 2 drops the DET LayerNorm
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["stages"][0]["loss"] == "ce_balanced" and cfg["overrides"]["epochs"] == 1
+
+
+def test_fer_former_trains_both_heads(tmp_path):
+    from fastfer.data.labels import EXPRESSIONS
+    from fastfer.models.text_encoder import save_text_embed
+
+    text = tmp_path / "text.safetensors"
+    save_text_embed(text, torch.randn(7, 512, generator=torch.Generator().manual_seed(0)), EXPRESSIONS[:7],
+                    encoder="random (test)")
+    run = tmp_path / "ff"
+    args = ["train", "--model", "fer_former_tiny", "--out", str(run), "--epochs", "1", "--batch-size", "8",
+            "--threads", "1", "--workers", "0", "--no-progress", "--backend", "torch", "--text-encoder", str(text),
+            "--set", "data_kwargs={'train_size': 32, 'val_size': 8, 'test_size': 8}"]
+    assert main(args) == 0
+    row = json.loads((run / "metrics.json").read_text())[0]
+    assert {"val_text_accuracy", "val_fused_accuracy"} <= set(row)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["recipe"] == "fer_former" and cfg["optimizer"] == "sgd" and cfg["lr"] == 1e-4
+    final, _ = load_weights(run / "model.safetensors")
+    assert "text_embed" in final  # eval/predict need no text encoder
+    report = json.loads((run / "test_report.json").read_text())
+    assert "text_accuracy" in report and report["n"] == 8
+
+
+def test_fer_former_without_text_features_is_a_clear_error(tmp_path, capsys):
+    args = ["train", "--model", "fer_former_tiny", "--out", str(tmp_path / "x"), "--epochs", "1",
+            "--set", "data_kwargs={'train_size': 16, 'val_size': 8, 'test_size': 8}", "--no-progress"]
+    with pytest.raises(ValueError, match="--text-encoder FILE"):
+        main(args)
