@@ -11,8 +11,12 @@ import sys
 
 # (module, description) — one module per subcommand family; order is the order of `fastfer --help`.
 SUBCOMMAND_MODULES = [
-    "fastfer.cli_info",
+    "fastfer.cli_train",  # train, eval
+    "fastfer.cli_predict",
+    "fastfer.cli_export",
     "fastfer.cli_convert",
+    "fastfer.cli_ext",  # build-ext
+    "fastfer.cli_info",
 ]
 
 
