@@ -57,21 +57,22 @@ FASTFER_INLINE void tile_p_v(const float* p, int64_t ldp, const float* v, int64_
   }
 }
 
-// acc[j][0..width) += Σ_r p[r][j] · x[r][0..width)  for j < keys, r < R   (dV += Pᵀ dO, dK += dSᵀ Q)
-// Four key rows at a time share each load of x; keys must be a multiple of 4.
-template <int R>
-FASTFER_INLINE void tile_pt_x(const float* p, int64_t ldp, const float* x, int64_t ldx, int64_t keys, int64_t width,
-                              float* acc, int64_t ld_acc) {
-  constexpr int kKeys = 4;
+// acc[j][0..width) += Σ_r p[r][j] · x[r][0..width)  for j < keys, r < rows   (dV += Pᵀ dO, dK += dSᵀ Q)
+// An 8-key × kCols accumulator tile stays in registers while all rows stream past it, so acc is read and
+// written once per call; keys must be a multiple of 8.
+FASTFER_INLINE void tile_pt_x(const float* p, int64_t ldp, const float* x, int64_t ldx, int64_t rows, int64_t keys,
+                              int64_t width, float* acc, int64_t ld_acc) {
+  constexpr int kKeys = 8;
   for (int64_t j0 = 0; j0 < keys; j0 += kKeys) {
     for (int64_t d0 = 0; d0 < width; d0 += kCols) {
       float t[kKeys][kCols];
       for (int jj = 0; jj < kKeys; ++jj)
         for (int64_t w = 0; w < kCols; ++w) t[jj][w] = acc[(j0 + jj) * ld_acc + d0 + w];
-      for (int r = 0; r < R; ++r) {
+      for (int64_t r = 0; r < rows; ++r) {
         const float* xrow = x + r * ldx + d0;
+        const float* prow = p + r * ldp + j0;
         for (int jj = 0; jj < kKeys; ++jj) {
-          const float pr = p[r * ldp + j0 + jj];
+          const float pr = prow[jj];
           for (int64_t w = 0; w < kCols; ++w) t[jj][w] += pr * xrow[w];
         }
       }

@@ -104,11 +104,26 @@ def _ninja_dir() -> str | None:
     return str(beside.parent) if beside.is_file() and os.access(beside, os.X_OK) else None
 
 
+def _cuda_home() -> str | None:
+    """The CUDA toolkit to build with: the first of $CUDA_HOME, $CUDA_PATH, the toolkit owning the nvcc on PATH
+    (symlinks resolved) and /usr/local/cuda that has both nvcc and cudart to link against; else the first with
+    nvcc. (torch takes the parent of nvcc's directory as is, which fails to link cudart when nvcc on PATH is a
+    link or wrapper script outside the toolkit, e.g. /usr/local/bin/nvcc.)"""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    on_path = shutil.which("nvcc")
+    if on_path:
+        candidates.append(str(Path(on_path).resolve().parent.parent))
+    candidates.append("/usr/local/cuda")
+    with_nvcc = [Path(c) for c in candidates if c and (Path(c) / "bin" / "nvcc").is_file()]
+    for home in with_nvcc:
+        if any(next((home / lib).glob("libcudart.so*"), None) for lib in ("lib64", "lib")):
+            return str(home)
+    return str(with_nvcc[0]) if with_nvcc else None
+
+
 def _nvcc() -> str | None:
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
-        if home and (Path(home) / "bin" / "nvcc").is_file():
-            return str(Path(home) / "bin" / "nvcc")
-    return shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").is_file() else None)
+    home = _cuda_home()
+    return str(Path(home) / "bin" / "nvcc") if home else None
 
 
 def prerequisites(kind: str) -> list[str]:
@@ -215,12 +230,12 @@ def unavailable_reasons(kind: str) -> list[str]:
 
 
 def _first_error(log: str) -> str:
-    """The line of a build log most worth showing: the first compiler diagnostic, else the last line."""
-    lines = log.strip().splitlines() or ["no output"]
-    for marker in ("error:", "Error", "FAILED"):
-        for line in lines:
-            if marker in line:
-                return line.strip()[:300]
+    """The line of a build log most worth showing: the first compiler or linker diagnostic, else the last."""
+    lines = [line.strip() for line in log.strip().splitlines()] or ["no output"]
+    markers = ("error:", "error ", "cannot find", "undefined reference", "fatal")
+    for line in lines:
+        if not line.startswith("Error building extension") and any(m in line for m in markers):
+            return line[:300]
     return lines[-1][:300]
 
 
@@ -294,9 +309,12 @@ def _jit_build(kind: str, directory: Path, verbose: bool) -> ModuleType:
     ninja = _ninja_dir()
     if ninja and shutil.which("ninja") is None:
         os.environ["PATH"] = ninja + os.pathsep + env_path
-    try:
-        from torch.utils import cpp_extension
+    from torch.utils import cpp_extension
 
+    torch_cuda_home = cpp_extension.CUDA_HOME
+    if kind == "cuda":
+        cpp_extension.CUDA_HOME = _cuda_home()  # read by torch when it writes the nvcc and link commands
+    try:
         module = cpp_extension.load(
             name=cfg.JIT_MODULE[kind],
             sources=cfg.source_paths(kind),
@@ -315,6 +333,7 @@ def _jit_build(kind: str, directory: Path, verbose: bool) -> ModuleType:
             f"fastfer: building the {kind} extension failed ({_first_error(str(exc))}); full log: {log}") from exc
     finally:
         os.environ["PATH"] = env_path
+        cpp_extension.CUDA_HOME = torch_cuda_home
     (directory / FAILED_LOG).unlink(missing_ok=True)
     library = Path(module.__file__).name
     (directory / (OK_MARKER + ".tmp")).write_text(library + "\n")

@@ -7,10 +7,8 @@ import torch
 
 import fastfer
 from fastfer.ops import ext_api, reference
-from tests.ops.ext_helpers import require_extension
-from tests.ops.helpers import (
-    assert_rule, check_selection, cls_scores64, eager_attend, eager_cls_scores, eager_patch_pool, rule_error,
-)
+from tests.ops.ext_helpers import check_patch_pool, check_token_pool, require_extension
+from tests.ops.helpers import assert_rule, eager_attend, eager_patch_pool
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -30,21 +28,6 @@ def _layouts(x):
         yield "strided", torch.cat([x, x], dim=2)[..., ::2]
 
 
-def check_patch_pool(x, k, pos, score):
-    tokens, index, scores = fastfer.patch_pool(x, k, pos=pos, score=score, backend="cpu")
-    as_tok = reference.as_tokens(x)
-    exact = {"l1": lambda t: t.abs().sum(-1), "sum": lambda t: t.sum(-1), "l2": lambda t: (t * t).sum(-1),
-             "max": lambda t: t.amax(-1), "max_abs": lambda t: t.abs().amax(-1)}[score](as_tok.double())
-    low_tokens, low_scores = eager_patch_pool(as_tok, index, pos, score)
-    assert_rule(scores, exact, low_scores, f"scores {score}")
-    err, _ = rule_error(scores, exact, low_scores)
-    _, ref_index, _ = reference.patch_pool(x, k, pos, score)
-    check_selection(exact, index, ref_index, err + 1e-6, f"index {score}")
-    ref64 = reference.gather_tokens(as_tok.double(), index, None if pos is None else pos.double())
-    assert_rule(tokens, ref64, low_tokens, "tokens")
-    return tokens, index
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape,k", [((2, 768, 14, 14), 160), ((3, 197, 24), 196), ((2, 96, 1, 2), 1),
                                      ((2, 33, 7, 23), 100)], ids=str)
@@ -54,7 +37,7 @@ def test_patch_pool_forward(dtype, shape, k):
     tokens = reference.as_tokens(x)
     pos = torch.randn(tokens.shape[1], tokens.shape[2]).to(dtype)
     for name, xl in _layouts(x):
-        check_patch_pool(xl, k, pos if name != "strided" else None, "l1")
+        check_patch_pool("cpu", xl, k, pos if name != "strided" else None, "l1")
 
 
 @pytest.mark.parametrize("score", reference.PATCH_SCORES)
@@ -62,7 +45,7 @@ def test_patch_pool_every_score_in_bfloat16(score):
     torch.manual_seed(1)
     x = torch.randn(2, 40, 5, 7).to(torch.bfloat16)
     for _, xl in _layouts(x):
-        check_patch_pool(xl, 17, None, score)
+        check_patch_pool("cpu", xl, 17, None, score)
 
 
 @pytest.mark.parametrize("score", reference.PATCH_SCORES)
@@ -102,26 +85,6 @@ def test_patch_pool_backward(dtype, layout):
     assert_rule(gpos, rpos, lpos, "grad_pos")
 
 
-def check_token_pool(qkv, keep, score, scale=None):
-    B, N, _, H, D = qkv.shape
-    scale = D**-0.5 if scale is None else scale
-    out, index, scores, lse = torch.ops.fastfer.token_pool_attention(qkv, keep, scale, score, "cpu")
-    s64 = cls_scores64(qkv, scale, score)
-    low_scores = eager_cls_scores(qkv, scale, score)
-    assert_rule(scores, s64, low_scores, f"cls_scores {score}")
-    if keep is None:
-        assert torch.equal(index, torch.arange(N).expand(B, N))
-    else:
-        err, _ = rule_error(scores, s64, low_scores)
-        ref_index = reference.token_pool_attention(qkv, keep, scale, score)[1]
-        assert (index[:, 0] == 0).all()
-        check_selection(s64[:, 1:], index[:, 1:] - 1, ref_index[:, 1:] - 1, err + 1e-6, f"index {score}")
-    out64, lse64 = reference.attend(qkv.double(), index, scale)
-    assert_rule(out, out64, eager_attend(qkv, index, scale), "out")
-    assert_rule(lse, lse64, reference.attend(qkv, index, scale)[1], "lse")
-    return out, index
-
-
 # (B, N, H, D, keep): APViT's first pooling block; 300 keys = three key blocks of 128; M = 1 + keep not a
 # multiple of the 8-row tiles; D below one 32-wide column tile, odd, and the 256 maximum.
 TOKEN_CASES = [(2, 161, 8, 96, 144), (1, 300, 2, 64, 250), (3, 17, 3, 8, 6), (2, 33, 2, 40, None),
@@ -135,14 +98,14 @@ def test_token_pool_forward(dtype, case):
     torch.manual_seed(N * D)
     qkv = torch.randn(B, N, 3, H, D).to(dtype)
     for score in reference.CLS_SCORES:
-        check_token_pool(qkv, keep, score)
+        check_token_pool("cpu", qkv, keep, score)
 
 
 def test_token_pool_reads_strided_qkv_in_place():
     torch.manual_seed(5)
     packed = torch.randn(2, 29, 4, 3, 48)  # (B, N, H, 3, D): heads outside the q/k/v axis
-    check_token_pool(packed.transpose(2, 3)[..., ::2], 12, "logit_sum", scale=0.3)
-    check_token_pool(packed.transpose(2, 3).to(torch.bfloat16), None, "prob_mean")
+    check_token_pool("cpu", packed.transpose(2, 3)[..., ::2], 12, "logit_sum", scale=0.3)
+    check_token_pool("cpu", packed.transpose(2, 3).to(torch.bfloat16), None, "prob_mean")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
