@@ -13,6 +13,7 @@ Nothing here imports triton or touches CUDA at import time; implementations load
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import os
@@ -211,8 +212,13 @@ def triton_interpreting() -> bool:
     return triton_pkg.interpreting()
 
 
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def _triton_probe(call: Call) -> list[str]:
-    if importlib.util.find_spec("triton") is None:
+    if not _triton_installed():
         return ["triton is not installed (pip install triton; Linux only)"]
     if call.device.type == "cpu":
         if not triton_interpreting():
