@@ -182,16 +182,17 @@ def materialize(dataset: Dataset, workers: int = 0, desc: str = "") -> CachedIma
 # --- transforms -----------------------------------------------------------------------------------------------------
 
 def light_transforms(size: int, mean, std, train: bool):
-    """Demo augmentation: RandomResizedCrop(scale 0.8–1, square) + horizontal flip; test: resize. uint8 in,
-    normalised float32 (3, size, size) out."""
+    """Demo augmentation: random translation by up to size/16 pixels (edge padding + crop) and horizontal flip;
+    test: resize. uint8 (3, H, W) in, normalised float32 (3, size, size) out. (A RandomResizedCrop(0.8–1) here
+    slowed the demo's learning: 84 % instead of ≥ 90 % in the same 24 epochs, one seed.)"""
     from torchvision.transforms import v2
 
     tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    resize = [v2.Resize((size, size), antialias=True)]
     if not train:
-        return v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)] + tail)
-    aug = [v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(1.0, 1.0), antialias=True),
-           v2.RandomHorizontalFlip(0.5)]
-    return v2.Compose([v2.ToImage()] + aug + tail)
+        return v2.Compose([v2.ToImage()] + resize + tail)
+    aug = [v2.RandomCrop(size, padding=max(size // 16, 1), padding_mode="edge"), v2.RandomHorizontalFlip(0.5)]
+    return v2.Compose([v2.ToImage()] + resize + aug + tail)
 
 
 def make_transforms(name: str, size: int, mean, std, train: bool):

@@ -163,10 +163,23 @@ class Trainer:
             raise ValueError("loss: the FER-former text loss needs text features; pass --text-encoder FILE (a "
                              "tensor file with 'text_embed' [C, 512], or open_clip:PATH to a local CLIP "
                              "ViT-B/32) or train the label head only with --set loss_weights.text=0")
+        if not self.resume:
+            self._init_weights(model)
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         return model
+
+    def _init_weights(self, model: nn.Module) -> None:
+        """Load each ``init_weights`` file (a partial fastfer state_dict) into the fresh model."""
+        from fastfer.models.convert import load_partial
+
+        for path in self.cfg.init_weights:
+            left = load_partial(model, path)
+            if self.main:
+                total = len(model.state_dict())
+                log_line(f"init: {total - len(left)} of {total} tensors from {path}; {len(left)} keep their "
+                         f"initialisation")
 
     def _describe(self) -> str:
         cfg, s = self.cfg, self.splits
@@ -189,13 +202,15 @@ class Trainer:
                    state: Optional[dict]) -> None:
         main, info = self.main, self.info
         kind = "fer_former" if cfg.loss == "fer_former" and cfg.loss_weights.get("text", 1.0) > 0 else "logits"
-        fwd = TrainForward(model, kind)
-        fwd = dist_utils.wrap(fwd, info, self.device, sync_bn=cfg.sync_bn and self.device.type == "cuda")
+        adapter = TrainForward(model, kind, cfg.aux_trunk_module if cfg.aux_trunk_weight > 0 else None,
+                               len(self.label_names))
+        self._adapter = adapter
+        fwd = dist_utils.wrap(adapter, info, self.device, sync_bn=cfg.sync_bn and self.device.type == "cuda")
         if cfg.compile:
             if cfg.deterministic:
                 torch.use_deterministic_algorithms(True)  # also sets inductor's deterministic flag
             fwd = torch.compile(fwd)
-        opt = build_optimizer(model, cfg)
+        opt = build_optimizer(model, cfg, extra=adapter.aux_head)
         sampler = make_sampler(cfg.sampler, targets_of(self.splits.train), cfg.seed, info.rank, info.world_size,
                                cfg.oversample_thr, cfg.oversample_method)
         loader = train_loader(self.train_set, sampler, cfg.batch_size, self.workers, self.device.type == "cuda")
@@ -221,6 +236,8 @@ class Trainer:
                 scaler.load_state_dict(state["scaler"])
             if ema is not None and state.get("ema") is not None:
                 ema.load_state_dict(state["ema"])
+            if adapter.aux_head is not None and state.get("aux_head") is not None:
+                adapter.aux_head.load_state_dict(state["aux_head"])
             for obj, key in ((stopper, "early_stopping"), (best, "select_best")):
                 if obj is not None and state.get(key):
                     obj.load_state_dict(state[key])
@@ -243,6 +260,7 @@ class Trainer:
                              finished=finished, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                              scaler=scaler.state_dict() if scaler.is_enabled() else None,
                              ema=ema.state_dict() if ema else None,
+                             aux_head=adapter.aux_head.state_dict() if adapter.aux_head is not None else None,
                              early_stopping=stopper.state_dict() if stopper else None,
                              select_best=best.state_dict() if best else None, history=history,
                              rng=ckpt.rng_state(), world_size=info.world_size, config=self.cfg.to_json())
@@ -325,6 +343,7 @@ class Trainer:
                 break
         if bar is not None:
             bar.close()
+        adapter.close()
 
     def _train_step(self, fwd, opt, scaler, it, cfg: TrainConfig, kind: str, criterion, class_w, global_step: int,
                     epoch: int, step: int) -> tuple[float, float, int]:
@@ -340,7 +359,7 @@ class Trainer:
             with (contextlib.nullcontext() if sync else fwd.no_sync()):
                 with autocast(self.device, self.amp):
                     out = fwd(x)
-                    loss, logits = self._loss(out, y, kind, criterion, class_w)
+                    loss, logits = self._loss(out, y, kind, criterion, class_w, cfg)
                 if not bool(torch.isfinite(loss)):
                     raise NonFiniteLossError(
                         f"loss is {loss.item()} at optimizer step {global_step + 1} (epoch {epoch + 1}, batch "
@@ -385,16 +404,23 @@ class Trainer:
         w = torch.where(counts > 0, len(t) / (present * counts.clamp(min=1)), torch.zeros_like(counts))
         return w.float().to(self.device)
 
-    def _loss(self, out, y, kind: str, criterion, class_w) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(self, out, y, kind: str, criterion, class_w, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
         if kind == "fer_former":
             from fastfer.models.fer_former import FerFormerOutput
 
             o = FerFormerOutput(*out)
             return criterion(o, y).loss, o.logits
+        aux = None
+        if isinstance(out, tuple):  # (logits, trunk logits) with deep supervision of the trunk
+            out, aux = out
         if class_w is not None:
-            per = F.cross_entropy(out.float(), y, reduction="none", label_smoothing=self.cfg.label_smoothing)
-            return (per * class_w[y]).mean(), out  # Keras: weighted per sample, mean over the batch
-        return F.cross_entropy(out.float(), y, label_smoothing=self.cfg.label_smoothing), out
+            per = F.cross_entropy(out.float(), y, reduction="none", label_smoothing=cfg.label_smoothing)
+            loss = (per * class_w[y]).mean()  # Keras: weighted per sample, mean over the batch
+        else:
+            loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+        if aux is not None:
+            loss = loss + cfg.aux_trunk_weight * F.cross_entropy(aux.float(), y)
+        return loss, out
 
     def _epoch_row(self, stage: str, epoch: int, pos: dict, sched, sums, elapsed: float, model, ema) -> dict:
         n = max(float(sums[2]), 1.0)

@@ -26,8 +26,11 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay: bool) -> list[
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainConfig, extra: Optional[nn.Module] = None) -> torch.optim.Optimizer:
+    """The recipe's optimizer over ``model``'s trainable parameters (and ``extra``'s: a training-only head)."""
     groups = param_groups(model, cfg.weight_decay, cfg.no_decay)
+    if extra is not None:
+        groups += param_groups(extra, cfg.weight_decay, cfg.no_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam

@@ -64,6 +64,10 @@ class TrainConfig:
     loss: str = "ce"
     label_smoothing: float = 0.0
     loss_weights: dict = field(default_factory=lambda: dict(cls=1.0, text=1.0))  # fer_former
+    # Deep supervision of the CNN trunk (training only, not part of the saved model): + weight · CE of a linear
+    # classifier on the flattened output map of model.<aux_trunk_module>. 0 = off (every paper recipe).
+    aux_trunk_weight: float = 0.0
+    aux_trunk_module: str = "extractor"
     text_loss: str = "ce"  # fer_former: "ce" (released) or "infonce"
     sampler: str = "class_balanced"
     oversample_thr: float = 0.15
@@ -88,6 +92,8 @@ class TrainConfig:
     tensorboard: bool = False
     overlay_images: int = 6  # APP/ATP overlay of this many validation faces (APViT models); 0 = none
     text_encoder: Optional[str] = None  # fer_former: tensor file or "open_clip:PATH", builds text_embed once
+    init_weights: list = field(default_factory=list)  # partial fastfer safetensors loaded before training (e.g.
+    # the converted IR-50 and ViT-S parts: `fastfer convert --from ir50-evolve ...`); ignored on resume
     overrides: dict = field(default_factory=dict)  # what the user set explicitly (also applied to every stage)
 
     def to_json(self) -> dict:
@@ -95,24 +101,33 @@ class TrainConfig:
 
 
 def _synthetic_recipe() -> dict:
-    # Sized for a 2-core CPU (tuned and measured: see the README / the training report). Model changes are
-    # keyword arguments of apvit_tiny (model file untouched): 64² input keeps the 14×14→8×8 trunk grid cheap.
+    """The demo, sized for a 2-core CPU (measured; see the README). Everything model-side is a keyword argument of
+    ``apvit_tiny`` (the model file is untouched): 64² input → 8×8 trunk grid, APP keeps 40 of 64 positions.
+
+    Measured with the defaults on the 2-core CPU (one seed): 97.7 % test accuracy in 343 s (13 s per epoch). Two
+    choices make it learn in minutes: the synthetic faces are drawn at difficulty 0.5 (half the nuisance range), and
+    the IR trunk gets deep supervision (``aux_trunk_weight``: a training-only linear classifier on its flattened
+    output map). Without it the shallow tiny trunk left the whole model at chance for 6 epochs; with a classifier on
+    the trunk's spatial *mean* instead of the whole map it still did (the tiny trunk is nearly linear, so its mean
+    carries little expression); with the map the model passes 90 % validation accuracy by epoch 9.
+    """
     return dict(
         model="apvit_tiny",
         model_kwargs=dict(img_size=64, patch_keep=40),
         data="synthetic",
-        data_kwargs=dict(train_size=4200, val_size=700, test_size=1400, seed=0),
+        data_kwargs=dict(train_size=4200, val_size=700, test_size=1400, seed=0, difficulty=0.5),
         transform="light",
-        epochs=8,
+        epochs=24,
         batch_size=64,
         optimizer="adamw",
-        lr=2e-3,
+        lr=1e-3,
         weight_decay=0.05,
         no_decay=True,
         scheduler="cosine",
         sched_by="step",
         warmup_epochs=0.5,
         grad_clip=5.0,
+        aux_trunk_weight=1.0,
         sampler="shuffle",
         seed=0,
     )
@@ -274,6 +289,7 @@ def validate(cfg: TrainConfig) -> None:
     positive("weight_decay", cfg.weight_decay, allow_zero=True)
     if cfg.grad_clip is not None:
         positive("grad_clip", cfg.grad_clip)
+    positive("aux_trunk_weight", cfg.aux_trunk_weight, allow_zero=True)
     if cfg.ema is not None and not (isinstance(cfg.ema, float) and 0.0 < cfg.ema < 1.0):
         raise ValueError(f"ema: expected a decay in (0, 1) or None, got {cfg.ema!r}")
     if not 0.0 < cfg.val_fraction < 1.0:
