@@ -11,13 +11,6 @@ from fastfer.train.checkpoint import read_metadata
 from tests.train.helpers import tiny_args
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_train_then_eval_from_the_checkpoint_alone(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(tiny_args(run, 1)) == 0

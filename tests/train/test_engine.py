@@ -11,13 +11,6 @@ from fastfer.train.checkpoint import load_checkpoint, load_weights, read_latest,
 from tests.train.helpers import tiny_args
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
     blow_up = ["--optimizer", "sgd", "--lr", "1e8", "--set", "grad_clip=None", "--set", "warmup_epochs=0",
