@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", help="apvit, apvit_tiny, fer_former, fer_former_tiny, conv_cut, conv_cut_tiny "
                                    "(default: the recipe's)")
     p.add_argument("--data", help="synthetic (default) or NAME:PATH with NAME in rafdb, ferplus, affectnet, "
-                                  "fer2013, sfew, expw, folder")
+                                  "fer2013, sfew, expw, folder, list (image list file; --set data_kwargs.test_list=PATH)")
     p.add_argument("--recipe", help="apvit, fer_former, conv_cut, synthetic (default: the model's, else synthetic)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="per process")

@@ -20,6 +20,7 @@ from fastfer.data.labels import (
                                  order_map,
                                  permute_classifier_rows,
 )
+from fastfer.data.listfile import LabelList
 from fastfer.data.rafdb import RAFDB
 from fastfer.data.sampler import ClassBalancedSampler
 from fastfer.data.sfew import SFEW
@@ -29,7 +30,7 @@ from fastfer.data.transforms import build_transforms
 
 __all__ = [
     "EXPRESSIONS", "NATIVE_ORDERS", "AffectNet", "ClassBalancedSampler", "CorruptImageError", "DatasetFormatError",
-    "EmptySplitError", "ExpW", "FER2013", "FERDataset", "FERPlus", "ImageFolderFER", "RAFDB", "SFEW",
+    "EmptySplitError", "ExpW", "FER2013", "FERDataset", "FERPlus", "ImageFolderFER", "LabelList", "RAFDB", "SFEW",
     "SyntheticExpressions", "UnknownLabelError", "build_transforms", "label_names", "majority_vote",
     "native_to_canonical", "normalize_name", "order_map", "permute_classifier_rows", "read_image",
     "save_contact_sheet", "train_val_split",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-DATASETS = ("synthetic", "rafdb", "ferplus", "affectnet", "fer2013", "sfew", "expw", "folder")
+DATASETS = ("synthetic", "rafdb", "ferplus", "affectnet", "fer2013", "sfew", "expw", "folder", "list")
 # Which native split serves as validation / test (None: hold out cfg.val_fraction of train)
 NATIVE_SPLITS = {
     "synthetic": ("val", "test"),
@@ -258,6 +258,8 @@ def build_splits(spec: str, data_kwargs: dict, val_fraction: float, val_source: 
             val, val_from = sets["val"], "synthetic val split"
         return Splits(sets["train"], val, sets["test"], tuple(sets["train"].label_names), ALIGNMENT["synthetic"],
                       val_from, "synthetic test split")
+    if name == "list":
+        return _list_splits(path, kwargs, val_fraction, val_source, seed)
     if name == "folder":
         root = Path(path)
         subs = {p.name.lower() for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
@@ -283,6 +285,34 @@ def build_splits(spec: str, data_kwargs: dict, val_fraction: float, val_source: 
         else name
     alignment = ALIGNMENT.get(key, f"as provided by the dataset ({name})")
     return Splits(train, val, test, tuple(train.label_names), alignment, val_from, f"{native[1]} split")
+
+
+def _list_splits(train_list: str, kwargs: dict, val_fraction: float, val_source: str, seed: int) -> Splits:
+    """``list:TRAIN_LIST`` with ``data_kwargs`` ``test_list`` (required), ``val_list``, ``root``, ``num_classes``,
+    ``strict`` (FER-former's ``path  text_label  int_label`` lists; :class:`fastfer.data.LabelList`)."""
+    from fastfer.data import LabelList
+    from fastfer.data.split import train_val_split
+
+    kwargs = dict(kwargs)
+    test_list, val_list = kwargs.pop("test_list", None), kwargs.pop("val_list", None)
+    allowed = {"root", "num_classes", "strict"}
+    if set(kwargs) - allowed:
+        raise ValueError(f"data_kwargs: a list dataset takes test_list, val_list, {', '.join(sorted(allowed))}; "
+                         f"got unknown {', '.join(sorted(set(kwargs) - allowed))}")
+    if not test_list:
+        raise ValueError("data list:TRAIN_LIST: also name the test list with --set data_kwargs.test_list=PATH")
+    train = LabelList(train_list, split="train", **kwargs)
+    kwargs.setdefault("num_classes", train.num_classes)  # the same label set for every split
+    test = LabelList(os.path.expanduser(test_list), split="test", **kwargs)
+    if val_source == "test":
+        val, val_from = test, "test list (the papers' protocol: validation = test)"
+    elif val_list:
+        val, val_from = LabelList(os.path.expanduser(val_list), split="val", **kwargs), "val list"
+    else:
+        train, val = train_val_split(train, val_fraction, seed=seed)
+        val_from = f"{val_fraction:.0%} of the train list held out (seed {seed})"
+    return Splits(train, val, test, tuple(test.label_names), "as provided by the list's images", val_from,
+                  "test list")
 
 
 # --- loaders ------------------------------------------------------------------------------------------------------
@@ -351,8 +381,14 @@ def build_eval_split(spec: str, split: str, data_kwargs: dict, image_size: int, 
         kwargs.setdefault("num_classes", num_classes or 7)
         ds = SyntheticExpressions(split, size=size, image_size=image_size, **kwargs)
         return materialize(ds, workers, f"drawing synthetic {split}"), ALIGNMENT["synthetic"]
-    if num_classes is not None and name in ("ferplus", "affectnet"):
+    if num_classes is not None and name in ("ferplus", "affectnet", "list"):
         kwargs.setdefault("num_classes", num_classes)
+    if name == "list":  # the list named is the split to evaluate (or data_kwargs.test_list / val_list)
+        from fastfer.data import LabelList
+
+        listed = {"test": kwargs.pop("test_list", None), "val": kwargs.pop("val_list", None)}.get(split)
+        kwargs.pop("test_list", None), kwargs.pop("val_list", None)
+        return LabelList(os.path.expanduser(listed or path), split=split, **kwargs), "as provided by the list's images"
     if name == "folder":
         native = split
     else:

@@ -71,6 +71,37 @@ def test_train_on_rafdb_layout(tmp_path, capsys):
     assert report["n"] == 14 and report["label_names"][0] == "neutral"
 
 
+def test_train_on_ferformer_list_files(tmp_path, capsys):
+    """FER-former's ``path  text_label  int_label`` lists over the same tiny RAF-DB images."""
+    _write_rafdb(tmp_path / "RAF-DB")
+    basic = tmp_path / "RAF-DB" / "basic"
+    order = ["surprise", "fear", "disgust", "happy", "sad", "angry", "neutral"]  # FER-former's ids 0..6
+    for split in ("train", "test"):
+        lines = []
+        for row in (basic / "EmoLabel/list_patition_label.txt").read_text().split("\n"):
+            if row.startswith(split):
+                name, label = row.split()
+                text = order[int(label) - 1]
+                lines.append(f"Image/aligned/{name[:-4]}_aligned.jpg  {text}  {int(label) - 1}")
+        (basic / f"{split}.lst").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "lst"
+    args = tiny_args(run, 1, extra=["--data", f"list:{basic / 'train.lst'}", "--batch-size", "8",
+                                    "--set", f"data_kwargs={{'test_list': '{basic / 'test.lst'}'}}"])
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "of the train list held out" in out and "test 14 (test list)" in out
+    report = json.loads((run / "test_report.json").read_text())
+    assert report["n"] == 14 and report["label_names"] == ["neutral", "happy", "sad", "surprise", "fear",
+                                                           "disgust", "anger"]
+    ev = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(run), "--data", f"list:{basic / 'test.lst'}", "--out", str(ev),
+                 "--threads", "1", "--workers", "0", "--backend", "torch"]) == 0
+    again = json.loads((ev / "test_report.json").read_text())
+    assert again["n"] == 14 and again["accuracy"] == pytest.approx(report["accuracy"])
+    with pytest.raises(ValueError, match="also name the test list with --set data_kwargs.test_list=PATH"):
+        main(tiny_args(tmp_path / "r2", 1, extra=["--data", f"list:{basic / 'train.lst'}", "--set", "data_kwargs={}"]))
+
+
 def test_print_config_shows_the_apvit_recipe(capsys):
     assert main(["train", "--model", "apvit", "--print-config", "--epochs", "3"]) == 0
     cfg = json.loads(capsys.readouterr().out)
