@@ -165,7 +165,12 @@ class FERDataset(Dataset):
         img = to_chw_tensor(img)
         if self.transform is not None:
             img = self.transform(img)
-        return img, label
+        return img, self.target_of(key, label)
+
+    def target_of(self, key: object, label: int):
+        """What ``dataset[i]`` returns as the target of sample ``key``: its canonical label. Readers with soft
+        labels (FERPlus ``label_mode="probability"``) return a distribution instead."""
+        return label
 
     def _note_corrupt(self, name: str, err: Exception) -> None:
         if name not in self._warned:

@@ -10,6 +10,13 @@ Layouts (``layout="auto"`` picks the first present):
 Vote columns: neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF.
 Label = :func:`majority_vote`; samples whose vote is unknown / NF (and contempt when ``num_classes=7``) are
 dropped and counted in ``summary()["dropped"]``.
+
+``label_mode`` follows the other training modes of ``microsoft/FERPlus`` (:func:`vote_distribution`):
+``"probability"`` / ``"crossentropy"`` (the top ≤ 3 emotions covering 75 % of the votes) and ``"multi_target"``
+(every emotion with ≥ 30 % of the votes). ``dataset[i]`` then returns a float32 distribution over the canonical
+classes as the target (train on it with a soft cross-entropy), while ``targets`` stays the argmax label (for
+samplers, splits and counts). FERPlus papers test with the majority label, so ``fastfer train`` reads val/test
+with ``"majority"`` whatever the train mode.
 """
 from __future__ import annotations
 
@@ -17,6 +24,8 @@ import csv
 import os
 from pathlib import Path
 from typing import Callable, Sequence
+
+import torch
 
 from fastfer.data.base import DatasetFormatError, FERDataset, read_image, require_dir, require_file
 from fastfer.data.fer2013 import iter_csv, parse_pixels
@@ -45,6 +54,64 @@ def majority_vote(counts: Sequence[float]) -> int:
     return UNKNOWN
 
 
+LABEL_MODES = ("majority", "probability", "crossentropy", "multi_target")
+
+
+def vote_distribution(counts: Sequence[float], mode: str) -> list[float] | None:
+    """The target distribution over the 10 vote columns of one FERPlus sample, or ``None`` = drop (unknown).
+
+    Single votes are removed first (counts ≤ 1 → 0), S = the sum left (S = 0 → drop). Then:
+
+    - ``majority``: one-hot of :func:`majority_vote` (drop when it is unknown / NF).
+    - ``probability`` / ``crossentropy`` (the same targets; the modes differ only in the official loss): take
+      columns in decreasing vote order, a tie group at once, until they cover ≥ 75 % of S or 3 are taken; an
+      unknown / NF column ends the walk without being taken (drop when nothing was taken before it); drop when
+      the taken columns cover ≤ 50 % of S or more than 3 were taken (a large tie).
+    - ``multi_target``: every column with ≥ 30 % of S; drop when they cover ≤ 50 % of S or when the largest of
+      them is unknown / NF; unknown / NF columns are then left out.
+
+    The kept votes are normalised to sum to 1.
+    """
+    if mode not in LABEL_MODES:
+        raise ValueError(f"label_mode: expected one of {', '.join(LABEL_MODES)}, got {mode!r}")
+    if len(counts) != len(VOTE_COLUMNS):
+        raise ValueError(f"counts: expected {len(VOTE_COLUMNS)} vote counts, got {len(counts)}")
+    kept = [0.0 if c <= 1.0 else float(c) for c in counts]
+    total = sum(kept)
+    if total <= 0:
+        return None
+    target = [0.0] * len(kept)
+    if mode == "majority":
+        top = majority_vote(counts)
+        if top in (UNKNOWN, NOT_A_FACE):
+            return None
+        target[top] = 1.0
+        return target
+    if mode == "multi_target":
+        for i, c in enumerate(kept):
+            if c >= 0.3 * total:
+                target[i] = c
+        if sum(target) <= 0.5 * total or target.index(max(target)) >= UNKNOWN:
+            return None
+        target[UNKNOWN] = target[NOT_A_FACE] = 0.0
+    else:
+        taken = 0
+        for value in sorted({c for c in kept if c > 0}, reverse=True):
+            if sum(target) >= 0.75 * total or taken >= 3:
+                break
+            group = [i for i, c in enumerate(kept) if c == value]
+            emotions = [i for i in group if i < UNKNOWN]
+            for i in emotions:
+                target[i] = value
+            taken += len(emotions)
+            if len(emotions) < len(group):  # unknown / NF reached: stop here
+                break
+        if taken == 0 or taken > 3 or sum(target) <= 0.5 * total:
+            return None
+    norm = sum(target)
+    return [t / norm for t in target]
+
+
 def _counts(values: Sequence[str], path: Path, line: int) -> list[float]:
     out = []
     for v in values:
@@ -65,7 +132,11 @@ class FERPlus(FERDataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", layout: str = "auto", num_classes: int = 8,
                  fer2013_csv: str | os.PathLike | None = None, transform: Callable | None = None,
-                 strict: bool = False):
+                 strict: bool = False, label_mode: str = "majority"):
+        if label_mode not in LABEL_MODES:
+            raise ValueError(f"label_mode: expected one of {', '.join(LABEL_MODES)}, got {label_mode!r}")
+        self.label_mode = label_mode
+        self.soft_targets: dict[object, list[float]] = {}  # sample key → canonical distribution (soft modes)
         if split not in FOLDERS:
             raise ValueError(f"split: expected one of {', '.join(FOLDERS)}, got {split!r}")
         root = require_dir(root, "FERPlus root")
@@ -87,8 +158,30 @@ class FERPlus(FERDataset):
             self._read_csv_pair(source, Path(fer2013_csv) if fer2013_csv else root / "fer2013.csv")
         self._finish()
 
+    def _top(self, counts: list[float]) -> tuple[int, list[float] | None]:
+        """(vote column of the label — UNKNOWN when dropped, the 10-column distribution or None)."""
+        if self.label_mode == "majority":
+            return majority_vote(counts), None
+        dist = vote_distribution(counts, self.label_mode)
+        return (UNKNOWN, None) if dist is None else (dist.index(max(dist)), dist)
+
     def _keep(self, key, counts: list[float]) -> None:
-        self._add_native(key, majority_vote(counts))
+        top, dist = self._top(counts)
+        before = len(self.samples)
+        self._add_native(key, top)
+        if dist is not None and len(self.samples) > before:
+            soft = [0.0] * self.num_classes  # fold the vote columns onto the canonical classes
+            for column, p in enumerate(dist):
+                c = self.native_to_canonical[column]
+                if c >= 0:
+                    soft[c] += p
+            norm = sum(soft)
+            self.soft_targets[key] = [p / norm for p in soft]
+
+    def target_of(self, key, label: int):
+        if self.label_mode == "majority":
+            return label
+        return torch.tensor(self.soft_targets[key], dtype=torch.float32)
 
     def _drop_reason(self, native_name: str) -> str:
         if native_name in ("unknown", "NF"):
@@ -137,7 +230,7 @@ class FERPlus(FERDataset):
                 self._drop("empty Image name (not a face)")
                 continue
             counts = _counts([vote_row[c] for c in VOTE_COLUMNS], votes_path, line)
-            if majority_vote(counts) in (UNKNOWN, NOT_A_FACE):
+            if self._top(counts)[0] in (UNKNOWN, NOT_A_FACE):
                 self._keep(None, counts)  # dropped: no need to parse the pixels
                 continue
             key = len(self.images)

@@ -273,18 +273,31 @@ def build_splits(spec: str, data_kwargs: dict, val_fraction: float, val_source: 
     train = _reader(name, path, "train", kwargs)
     if native[1] is None:
         raise FileNotFoundError(f"data {spec}: no test split found")
+    train_kwargs, kwargs = kwargs, _eval_kwargs(name, kwargs)
     test = _reader(name, path, native[1], kwargs)
     if val_source == "test":
         val, val_from = test, f"{native[1]} split (the papers' protocol: validation = test)"
     elif native[0] is not None and native[0] != native[1]:
         val, val_from = _reader(name, path, native[0], kwargs), f"{native[0]} split"
     else:
-        train, val = train_val_split(train, val_fraction, seed=seed)
+        if train_kwargs != kwargs:  # soft-label train reader: hold out from a majority-label copy of it
+            _, val = train_val_split(_reader(name, path, "train", kwargs), val_fraction, seed=seed)
+            train, _ = train_val_split(train, val_fraction, seed=seed)
+        else:
+            train, val = train_val_split(train, val_fraction, seed=seed)
         val_from = f"{val_fraction:.0%} of train held out (seed {seed})"
     key = f"{name}:{kwargs.get('images')}" if name == "rafdb" and kwargs.get("images") in ("apvit", "original") \
         else name
     alignment = ALIGNMENT.get(key, f"as provided by the dataset ({name})")
     return Splits(train, val, test, tuple(train.label_names), alignment, val_from, f"{native[1]} split")
+
+
+def _eval_kwargs(name: str, kwargs: dict) -> dict:
+    """Reader arguments for validation / test: FERPlus soft-label modes train only; its papers evaluate on the
+    majority label."""
+    if name == "ferplus" and kwargs.get("label_mode", "majority") != "majority":
+        return {**kwargs, "label_mode": "majority"}
+    return kwargs
 
 
 def _list_splits(train_list: str, kwargs: dict, val_fraction: float, val_source: str, seed: int) -> Splits:
@@ -383,6 +396,7 @@ def build_eval_split(spec: str, split: str, data_kwargs: dict, image_size: int, 
         return materialize(ds, workers, f"drawing synthetic {split}"), ALIGNMENT["synthetic"]
     if num_classes is not None and name in ("ferplus", "affectnet", "list"):
         kwargs.setdefault("num_classes", num_classes)
+    kwargs = _eval_kwargs(name, kwargs)
     if name == "list":  # the list named is the split to evaluate (or data_kwargs.test_list / val_list)
         from fastfer.data import LabelList
 

@@ -367,7 +367,8 @@ class Trainer:
                         f"checkpoint is {self._latest_checkpoint()}")
                 scaler.scale(loss / cfg.accum_steps).backward()
             total_loss += float(loss.detach()) * len(y)
-            correct += float((logits.detach().argmax(1) == y).sum())
+            hard = y.argmax(1) if y.is_floating_point() else y  # soft targets (FERPlus probability modes)
+            correct += float((logits.detach().argmax(1) == hard).sum())
             n += len(y)
         if cfg.grad_clip:
             scaler.unscale_(opt)
@@ -415,7 +416,8 @@ class Trainer:
             out, aux = out
         if class_w is not None:
             per = F.cross_entropy(out.float(), y, reduction="none", label_smoothing=cfg.label_smoothing)
-            loss = (per * class_w[y]).mean()  # Keras: weighted per sample, mean over the batch
+            w = y.float() @ class_w if y.is_floating_point() else class_w[y]  # soft targets: expected weight
+            loss = (per * w).mean()  # Keras: weighted per sample, mean over the batch
         else:
             loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
         if aux is not None:

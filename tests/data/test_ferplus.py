@@ -1,9 +1,10 @@
 import pickle
 
 import pytest
+import torch
 
 from fastfer.data.base import DatasetFormatError, EmptySplitError
-from fastfer.data.ferplus import NOT_A_FACE, UNKNOWN, FERPlus, majority_vote
+from fastfer.data.ferplus import NOT_A_FACE, UNKNOWN, FERPlus, majority_vote, vote_distribution
 from tests.data.fixtures import pixels, tag_of, write_image, write_text
 
 # vote columns: neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF
@@ -136,3 +137,57 @@ def test_missing_image_in_folder_layout_is_skipped_or_strict(tmp_path):
     assert ds.summary()["corrupt"] == 1
     with pytest.raises(OSError, match="fer0000000.png"):
         FERPlus(root, "train", strict=True)[0]
+
+
+# label_mode: distributions over the 10 vote columns, worked out by hand from the rule in vote_distribution
+SOFT = {  # counts: (probability / crossentropy, multi_target); None = dropped
+    "happy_6_of_10": ([0, 6, 4, 0, 0, 0, 0, 0, 0, 0], ({1: .6, 2: .4}, {1: .6, 2: .4})),
+    "tie": ([5, 5, 0, 0, 0, 0, 0, 0, 0, 0], ({0: .5, 1: .5}, {0: .5, 1: .5})),
+    # ones removed → S = 9: the tie group of three 2s makes 4 taken (> 3); only neutral has ≥ 30 %, 3 ≤ 4.5
+    "no_majority": ([3, 2, 2, 2, 1, 0, 0, 0, 0, 0], (None, None)),
+    "unknown_first": ([2, 0, 0, 0, 0, 0, 0, 0, 8, 0], (None, None)),
+    # neutral 6 < 75 % of 9, then unknown ends the walk; multi: unknown has ≥ 30 % but is left out
+    "unknown_after": ([6, 0, 0, 0, 0, 0, 0, 0, 3, 0], ({0: 1.0}, {0: 1.0})),
+    "two_cover": ([4, 3, 2, 1, 0, 0, 0, 0, 0, 0], ({0: 4 / 7, 1: 3 / 7}, {0: 4 / 7, 1: 3 / 7})),
+    "three_taken": ([5, 2, 2, 0, 0, 0, 0, 0, 0, 0], ({0: 5 / 9, 1: 2 / 9, 2: 2 / 9}, {0: 1.0})),
+    "all_single": ([1] * 10, (None, None)),
+}
+
+
+@pytest.mark.parametrize("mode", ["probability", "crossentropy", "multi_target"])
+@pytest.mark.parametrize("case", sorted(SOFT))
+def test_vote_distribution_modes(case, mode):
+    counts, (prob, multi) = SOFT[case]
+    expected = multi if mode == "multi_target" else prob
+    got = vote_distribution(counts, mode)
+    if expected is None:
+        assert got is None
+    else:
+        assert got == pytest.approx([expected.get(i, 0.0) for i in range(10)])
+
+
+def test_vote_distribution_majority_and_bad_mode():
+    assert vote_distribution([0, 6, 4, 0, 0, 0, 0, 0, 0, 0], "majority") == [0, 1.0] + [0.0] * 8
+    assert vote_distribution([5, 5, 0, 0, 0, 0, 0, 0, 0, 0], "majority") is None
+    with pytest.raises(ValueError, match="label_mode: expected one of majority, probability"):
+        vote_distribution([1] * 10, "soft")
+
+
+def test_soft_label_reader_returns_canonical_distributions(tmp_path):
+    folder = tmp_path / "FER2013Train"
+    rows = [[0, 6, 4, 0, 0, 0, 0, 0, 0, 0], [6, 0, 0, 0, 0, 0, 0, 4, 0, 0], [3, 2, 2, 2, 1, 0, 0, 0, 0, 0]]
+    lines = []
+    for i, counts in enumerate(rows):
+        write_image(folder / f"fer{i}.png", 10 * i, size=(48, 48))
+        lines.append(f"fer{i}.png," + ",".join(map(str, counts)))
+    write_text(folder / "label.csv", "\n".join(lines) + "\n")
+    ds = FERPlus(tmp_path, "train", label_mode="probability")
+    assert ds.targets == [1, 0] and ds.summary()["dropped"] == {"vote unknown": 1}
+    _, soft = ds[0]  # canonical order: neutral, happy, sad, surprise, …: happiness .6, surprise .4
+    assert soft.dtype == torch.float32 and soft.tolist() == pytest.approx([0, .6, 0, .4, 0, 0, 0, 0])
+    assert ds[1][1].tolist() == pytest.approx([.6, 0, 0, 0, 0, 0, 0, .4])  # contempt is canonical 7
+    seven = FERPlus(tmp_path, "train", num_classes=7, label_mode="probability")
+    assert seven[1][1].tolist() == pytest.approx([1, 0, 0, 0, 0, 0, 0])  # contempt's share folded away
+    assert FERPlus(tmp_path, "train")[0][1] == 1  # majority: an int label
+    with pytest.raises(ValueError, match="label_mode: expected one of"):
+        FERPlus(tmp_path, "train", label_mode="votes")

@@ -108,3 +108,39 @@ def test_init_weights_and_the_training_only_trunk_head(tmp_path):
     _, _, state = load_checkpoint(resolve_checkpoint_dir(run2))
     gh, gw = donor.grid_size  # the trunk head sees the whole flattened trunk map
     assert state["aux_head"]["weight"].shape == (7, donor.extractor.out_channels * gh * gw)
+
+
+def test_ferplus_soft_labels_train_and_evaluate_on_majority(tmp_path, capsys):
+    """label_mode=probability: soft targets in training (class-weighted loss too), majority labels for val/test."""
+    import cv2
+
+    from fastfer.data.synthetic import synthetic_image
+
+    votes = {0: [8, 2, 0, 0, 0, 0, 0, 0, 0, 0], 1: [0, 6, 4, 0, 0, 0, 0, 0, 0, 0],
+             3: [0, 3, 7, 0, 0, 0, 0, 0, 0, 0]}  # canonical class → votes (neutral, happiness, surprise, …)
+    for folder, n in (("FER2013Train", 8), ("FER2013Valid", 2), ("FER2013Test", 2)):
+        (tmp_path / folder).mkdir()
+        lines = []
+        for k in range(n):
+            for label, counts in votes.items():
+                name = f"{folder}-{k}-{label}.png"
+                img = synthetic_image(len(folder), "train", k, label, 48)
+                cv2.imwrite(str(tmp_path / folder / name), img[..., ::-1])
+                lines.append(f"{name}," + ",".join(map(str, counts)))
+        (tmp_path / folder / "label.csv").write_text("\n".join(lines) + "\n")
+    from fastfer.train.data import build_splits
+
+    splits = build_splits(f"ferplus:{tmp_path}", {"label_mode": "probability", "num_classes": 7}, 0.1, "auto", 32, 0)
+    assert splits.train[1][1].tolist() == pytest.approx([0, .6, 0, .4, 0, 0, 0])  # soft: happiness .6, surprise .4
+    assert splits.val[1][1] == 1 and splits.test[2][1] == 3  # majority labels
+    run = tmp_path / "run"
+    args = tiny_args(run, 1, extra=["--data", f"ferplus:{tmp_path}", "--batch-size", "8", "--set", "overlay_images=0",
+                                    "--set", "data_kwargs={'label_mode': 'probability', 'num_classes': 7}",
+                                    "--set", "loss=ce_balanced"])
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "train 24 (" in out and "test 6 (test split)" in out
+    report = json.loads((run / "test_report.json").read_text())
+    assert report["n"] == 6
+    hist = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= hist[-1]["train_accuracy"] <= 1.0 and hist[-1]["train_loss"] > 0
