@@ -1,4 +1,4 @@
-"""Output allocation for kernel launchers.
+"""Buffers as kernel launchers see them: output allocation and the strides of a feature map read as tokens.
 
 With ``FASTFER_POISON=1`` (the test suite sets it) every buffer a kernel is supposed to overwrite starts as
 NaN (floats) or -1 (integers), so an element a kernel forgets to write shows up in the comparison with the
@@ -24,3 +24,15 @@ def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor
 
 def empty_like(t: torch.Tensor) -> torch.Tensor:
     return empty(*t.shape, dtype=t.dtype, device=t.device)
+
+
+def token_strides(x: torch.Tensor) -> tuple[int, int, int] | None:
+    """(batch, position, channel) element strides of a (B, C, H, W) map or (B, N, C) tokens seen as (B, N, C);
+    None when H and W cannot be walked with one position stride (the caller then makes a copy)."""
+    if x.dim() == 3:
+        return x.stride(0), x.stride(1), x.stride(2)
+    _, _, H, W = x.shape
+    sb, sc, sh, sw = x.stride()
+    if H > 1 and W > 1 and sh != W * sw:
+        return None
+    return sb, (sw if W > 1 else sh), sc

@@ -27,18 +27,6 @@ def dtype_code(name: str, t: Tensor) -> int:
         raise TypeError(f"{name}: expected dtype float32, float16 or bfloat16, got {t.dtype}") from None
 
 
-def token_strides(x: Tensor) -> tuple[int, int, int] | None:
-    """(batch, position, channel) element strides of a (B, C, H, W) map or (B, N, C) tokens; None when H and W
-    cannot be walked with one position stride."""
-    if x.dim() == 3:
-        return x.stride(0), x.stride(1), x.stride(2)
-    _, _, H, W = x.shape
-    sb, sc, sh, sw = x.stride()
-    if H > 1 and W > 1 and sh != W * sw:
-        return None
-    return sb, (sw if W > 1 else sh), sc
-
-
 def _dims(x: Tensor) -> tuple[int, int, int]:
     """(B, N, C) of a (B, C, H, W) map or (B, N, C) tokens."""
     if x.dim() == 4:
@@ -70,10 +58,10 @@ class ExtensionOps:
     def patch_pool(self, x: Tensor, k: int, pos: Tensor | None, score: str) -> tuple[Tensor, Tensor, Tensor]:
         """x: (B, C, H, W) any memory format or (B, N, C). Returns tokens (B, k, C), index (B, k), scores (B, N)."""
         self._on_device(x=x, pos=pos)
-        strides = token_strides(x)
+        strides = _buffers.token_strides(x)
         if strides is None:
             x = x.contiguous()
-            strides = token_strides(x)
+            strides = _buffers.token_strides(x)
         B, N, C = _dims(x)
         if pos is not None:
             pos = pos.to(torch.float32).contiguous()  # exact for every float dtype; kernels add in fp32
@@ -100,7 +88,7 @@ class ExtensionOps:
         grad_x = _buffers.empty(*x_shape, dtype=grad_tokens.dtype, device=grad_tokens.device)
         if channels_last and len(x_shape) == 4:
             grad_x = grad_x.contiguous(memory_format=torch.channels_last)
-        strides = token_strides(grad_x)
+        strides = _buffers.token_strides(grad_x)
         grad_pos = _buffers.empty(N, C, dtype=torch.float32, device=grad_tokens.device) if pos_dtype else None
         workspace, _alive = self._workspace(B * N, torch.int32, grad_tokens.device)
         self.module.patch_pool_backward(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastfer.ops import _backends, reference
+from fastfer.ops import _backends, reference, token_pool_attention
 
 FLOOR = 1e-5
 
@@ -105,3 +105,24 @@ def cls_scores64(qkv: Tensor, scale: float, score: str) -> Tensor:
     q0 = qkv[:, 0, 0].double()
     k = qkv[:, :, 1].double().transpose(1, 2)
     return reference.cls_scores(q0, k, scale, score)
+
+
+def check_backward(backend, dtype, case, device):
+    """d(qkv) of ``backend`` against the fp64 reference by the tolerance rule; dropped query rows get exactly 0."""
+    B, N, H, D, keep = case
+    torch.manual_seed(N + D)
+    qkv = torch.randn(B, N, 3, H, D, device=device).to(dtype)
+    q1 = qkv.clone().requires_grad_()
+    out, index, _ = token_pool_attention(q1, keep, backend=backend)
+    grad = torch.randn_like(out)
+    (dqkv,) = torch.autograd.grad(out, q1, grad)
+    scale = D**-0.5
+    q64 = qkv.double().requires_grad_()
+    (ref,) = torch.autograd.grad(reference.attend(q64, index, scale)[0], q64, grad.double())
+    ql = qkv.clone().requires_grad_()
+    (low,) = torch.autograd.grad(eager_attend(ql, index, scale), ql, grad)
+    for slot, name in enumerate("qkv"):
+        assert_rule(dqkv[:, :, slot], ref[:, :, slot], low[:, :, slot], f"{backend} d{name}")
+    if keep is not None:  # dropped query rows receive exactly zero
+        dropped = torch.ones(B, N, dtype=torch.bool, device=device).scatter_(1, index, False)
+        assert (dqkv[:, :, 0][dropped] == 0).all()

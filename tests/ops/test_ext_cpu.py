@@ -8,7 +8,7 @@ import torch
 import fastfer
 from fastfer.ops import ext_api, reference
 from tests.ops.ext_helpers import check_patch_pool, check_token_pool, require_extension
-from tests.ops.helpers import assert_rule, eager_attend, eager_patch_pool
+from tests.ops.helpers import assert_rule, check_backward, eager_patch_pool
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -111,23 +111,7 @@ def test_token_pool_reads_strided_qkv_in_place():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", [(2, 161, 8, 96, 144), (1, 300, 2, 64, 250), (2, 33, 2, 40, None)], ids=str)
 def test_token_pool_backward(dtype, case):
-    B, N, H, D, keep = case
-    torch.manual_seed(N + D)
-    qkv = torch.randn(B, N, 3, H, D).to(dtype)
-    q1 = qkv.clone().requires_grad_()
-    out, index, _ = fastfer.token_pool_attention(q1, keep, backend="cpu")
-    grad = torch.randn_like(out)
-    (dqkv,) = torch.autograd.grad(out, q1, grad)
-    scale = D**-0.5
-    q64 = qkv.double().requires_grad_()
-    (ref,) = torch.autograd.grad(reference.attend(q64, index, scale)[0], q64, grad.double())
-    ql = qkv.clone().requires_grad_()
-    (low,) = torch.autograd.grad(eager_attend(ql, index, scale), ql, grad)
-    for slot, name in enumerate("qkv"):
-        assert_rule(dqkv[:, :, slot], ref[:, :, slot], low[:, :, slot], f"d{name}")
-    if keep is not None:
-        dropped = torch.ones(B, N, dtype=torch.bool).scatter_(1, index, False)
-        assert (dqkv[:, :, 0][dropped] == 0).all()
+    check_backward("cpu", dtype, case, torch.device("cpu"))
 
 
 def test_token_pool_nan_and_inf_propagate_like_the_reference():

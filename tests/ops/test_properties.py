@@ -1,5 +1,4 @@
 """Property test: on random shapes and k, every available backend agrees with the reference."""
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -6,7 +6,7 @@ import torch
 import fastfer
 from fastfer.ops import _backends, reference
 from tests.ops.helpers import (
-    assert_rule, backends_for, check_selection, cls_scores64, eager_attend, eager_cls_scores, rule_error,
+    assert_rule, backends_for, check_backward, check_selection, cls_scores64, eager_attend, eager_cls_scores, rule_error,
 )
 
 BACKENDS = ["triton", "cuda", "cpu", "torch"]
@@ -84,24 +84,9 @@ def test_strided_qkv_and_custom_scale(backend, device):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", [(2, 161, 8, 96, 144), (3, 17, 4, 16, None), (1, 33, 3, 40, 1)], ids=str)
 def test_backward_matches_reference(backend, dtype, case, device):
-    B, N, H, D, keep = case
-    _skip_unless(backend, device, dtype, D)
-    torch.manual_seed(N + D)
-    qkv = torch.randn(B, N, 3, H, D, device=device).to(dtype)
-    q1 = qkv.clone().requires_grad_()
-    out, index, _ = fastfer.token_pool_attention(q1, keep, backend=backend)
-    grad = torch.randn_like(out)
-    (dqkv,) = torch.autograd.grad(out, q1, grad)
-    scale = D**-0.5
-    q64 = qkv.double().requires_grad_()
-    (ref,) = torch.autograd.grad(reference.attend(q64, index, scale)[0], q64, grad.double())
-    ql = qkv.clone().requires_grad_()
-    (low,) = torch.autograd.grad(eager_attend(ql, index, scale), ql, grad)
-    for slot, name in enumerate("qkv"):
-        assert_rule(dqkv[:, :, slot], ref[:, :, slot], low[:, :, slot], f"{backend} d{name}")
-    if keep is not None:  # dropped query rows receive exactly zero
-        dropped = torch.ones(B, N, dtype=torch.bool, device=device).scatter_(1, index, False)
-        assert (dqkv[:, :, 0][dropped] == 0).all()
+    _skip_unless(backend, device, dtype, case[3])
+    check_backward(backend, dtype, case, device)
+
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -4,7 +4,6 @@ import runpy
 import sys
 
 import pytest
-import torch
 
 from fastfer.cli_train import main
 from fastfer.train.checkpoint import read_metadata

@@ -105,17 +105,6 @@ def _patch_pool_bwd_kernel(
     tl.store(dst, g.to(grad_x_ptr.dtype.element_ty), mask=mask)
 
 
-def _token_strides(x: torch.Tensor) -> tuple[int, int, int] | None:
-    """(batch, position, channel) strides of x seen as (B, N, C), or None if H and W do not flatten."""
-    if x.dim() == 3:
-        return x.stride(0), x.stride(1), x.stride(2)
-    _, _, H, W = x.shape
-    sb, sc, sh, sw = x.stride()
-    if H > 1 and W > 1 and sh != W * sw:
-        return None
-    return sb, (sw if W > 1 else sh), sc
-
-
 def _blocks(C: int) -> tuple[int, int]:
     block_c = min(triton.next_power_of_2(C), 64)
     return (64 if INTERPRETED else 32), block_c
@@ -123,10 +112,10 @@ def _blocks(C: int) -> tuple[int, int]:
 
 def patch_pool_forward(x, k, pos, score):
     """x: (B, C, H, W) or (B, N, C); returns tokens (B, k, C), index (B, k) int64, scores (B, N) fp32."""
-    strides = _token_strides(x)
+    strides = _buffers.token_strides(x)
     if strides is None:
         x = x.contiguous()
-        strides = _token_strides(x)
+        strides = _buffers.token_strides(x)
     B = x.shape[0]
     if x.dim() == 4:
         C, N = x.shape[1], x.shape[2] * x.shape[3]
@@ -158,7 +147,7 @@ def patch_pool_backward(grad_tokens, index, x_shape, channels_last, pos_dtype):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     grad_x = _buffers.empty(*x_shape, dtype=grad_tokens.dtype, device=grad_tokens.device)
     grad_x = grad_x.contiguous(memory_format=fmt) if len(x_shape) == 4 else grad_x
-    strides = _token_strides(grad_x)
+    strides = _buffers.token_strides(grad_x)
     block_n, block_c = _blocks(C)
     grid = (B, triton.cdiv(N, block_n), triton.cdiv(C, block_c))
     _patch_pool_bwd_kernel[grid](
