@@ -165,8 +165,10 @@ class FERPlus(FERDataset):
         dist = vote_distribution(counts, self.label_mode)
         return (UNKNOWN, None) if dist is None else (dist.index(max(dist)), dist)
 
-    def _keep(self, key, counts: list[float]) -> None:
-        top, dist = self._top(counts)
+    def _keep(self, key, counts: list[float], decided: tuple[int, list[float] | None] | None = None) -> None:
+        """Add the sample under its label (with its distribution in soft modes) or count it as dropped;
+        ``decided`` = ``self._top(counts)`` when the caller already has it."""
+        top, dist = decided if decided is not None else self._top(counts)
         before = len(self.samples)
         self._add_native(key, top)
         if dist is not None and len(self.samples) > before:
@@ -230,12 +232,13 @@ class FERPlus(FERDataset):
                 self._drop("empty Image name (not a face)")
                 continue
             counts = _counts([vote_row[c] for c in VOTE_COLUMNS], votes_path, line)
-            if self._top(counts)[0] in (UNKNOWN, NOT_A_FACE):
-                self._keep(None, counts)  # dropped: no need to parse the pixels
+            decided = self._top(counts)
+            if decided[0] in (UNKNOWN, NOT_A_FACE):
+                self._keep(None, counts, decided)  # dropped: no need to parse the pixels
                 continue
             key = len(self.images)
             self.images[key] = parse_pixels(pix_row["pixels"], pixels_path, pix_line)
-            self._keep(key, counts)
+            self._keep(key, counts, decided)
         extra = next(rows, None)
         if extra is not None:
             raise DatasetFormatError(pixels_path, extra[0], f"more rows than {votes_path}: the two files must "

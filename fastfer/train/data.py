@@ -401,7 +401,6 @@ def build_eval_split(spec: str, split: str, data_kwargs: dict, image_size: int, 
         from fastfer.data import LabelList
 
         listed = {"test": kwargs.pop("test_list", None), "val": kwargs.pop("val_list", None)}.get(split)
-        kwargs.pop("test_list", None), kwargs.pop("val_list", None)
         return LabelList(os.path.expanduser(listed or path), split=split, **kwargs), "as provided by the list's images"
     if name == "folder":
         native = split
