@@ -1,13 +1,13 @@
 """Build script.
 
 The package itself is pure Python and declared in pyproject.toml. This file exists so that the optional
-C++/CUDA extension (csrc/, kernels/) can be built ahead of time with
+C++/CUDA extension (csrc/) can be built ahead of time with
 ``FASTFER_BUILD_EXT=1 pip install -e . --no-build-isolation`` (torch must already be installed: build
 isolation would pull a second torch). That builds ``fastfer._C_cpu`` (C++/OpenMP); with
 ``FASTFER_BUILD_CUDA=1`` or ``TORCH_CUDA_ARCH_LIST`` set it also builds ``fastfer._C_cuda`` with nvcc, for
 ``TORCH_CUDA_ARCH_LIST`` (default "8.0;9.0": A100, H100). Without FASTFER_BUILD_EXT nothing is compiled at
 install time and torch is not imported; the extension is JIT-built when first asked for instead (see
-fastfer/ops/_ext.py and ``fastfer build-ext``).
+fastfer/ops/backends/ext/build.py and ``fastfer build-ext``).
 """
 import importlib.util
 import os
@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parent
 
 
 def _build_config():
-    """fastfer/ops/_ext_sources.py loaded by path: the same sources and flags as the JIT build, without
+    """fastfer/ops/backends/ext/sources.py loaded by path: the same sources and flags as the JIT build, without
     importing the fastfer package."""
-    spec = importlib.util.spec_from_file_location("_fastfer_ext_sources", ROOT / "fastfer" / "ops" / "_ext_sources.py")
+    spec = importlib.util.spec_from_file_location("_fastfer_ext_sources",
+                                                  ROOT / "fastfer" / "ops" / "backends" / "ext" / "sources.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -42,7 +43,7 @@ def extension_options() -> dict:
         CppExtension(
             cfg.PREBUILT_MODULE["cpu"],
             cfg.SOURCES["cpu"],
-            include_dirs=cfg.include_dirs(),
+            include_dirs=cfg.include_dirs("cpu"),
             extra_compile_args={"cxx": cfg.cxx_flags("cpu") + [digest_flag("cpu")]},
             extra_link_args=cfg.ld_flags("cpu"),
         )
@@ -56,7 +57,7 @@ def extension_options() -> dict:
             CUDAExtension(
                 cfg.PREBUILT_MODULE["cuda"],
                 cfg.SOURCES["cuda"],
-                include_dirs=cfg.include_dirs(),
+                include_dirs=cfg.include_dirs("cuda"),
                 extra_compile_args={"cxx": ["-O3", digest_flag("cuda")], "nvcc": cfg.nvcc_flags()},
             )
         )

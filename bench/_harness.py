@@ -203,7 +203,7 @@ def software_info(device: torch.device) -> dict:
 def _extension_info() -> dict:
     """Which C++/CUDA extension build ran (origin and source digest), so a result names the kernels it timed."""
     try:
-        from fastfer.ops import _ext
+        from fastfer.ops.backends.ext import build as _ext
     except ImportError:
         return {}
     out = {}

@@ -60,7 +60,7 @@ class Provider:
 
 def fused_backend(device: torch.device) -> str:
     """The backend fastfer picks automatically for an AMP attention call on device, or NotApplicable."""
-    from fastfer.ops import _backends
+    from fastfer.ops.backends import registry as _backends
 
     call = _backends.Call("token_pool_attention", device, AMP_DTYPE, head_dim=96)
     name = _backends.select(call).name

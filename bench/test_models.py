@@ -3,7 +3,7 @@
 Records img/s and peak CUDA memory (``extra_info``) for the providers of bench/_models.py: ``torch-fp32`` (the
 official-style baseline), ``torch-amp``, ``torch-amp-compile``, ``fused-amp``, ``fused-amp-compile`` and,
 for inference on a GPU, ``torch-amp-graphs`` / ``fused-amp-graphs``. Models come from
-``fastfer.create_model(name, backend=..., num_classes=7)``; while a model is not registered its cases are
+``fastfer.create_model(name, num_classes=7)`` under ``fastfer.use_backend(...)``; while a model is not registered its cases are
 skipped with the reason. GPU runs use the full models, CPU and smoke runs the small variants
 (override with ``--bench-models=name1,name2``).
 """
@@ -106,7 +106,7 @@ def test_model(benchmark, bench_config, _release_memory, model_name, task, batch
     spec = Provider.parse(provider)
     try:
         backend = fused_backend(cfg.device) if spec.fused else "torch"
-        model = model_factory()(model_name, backend=backend, num_classes=NUM_CLASSES).to(cfg.device)
+        model = model_factory()(model_name, num_classes=NUM_CLASSES).to(cfg.device)
         side = input_side(model, model_name)
         images = torch.randn(batch, 3, side, side, device=cfg.device)
         labels = torch.randint(0, NUM_CLASSES, (batch,), device=cfg.device)
@@ -121,10 +121,12 @@ def test_model(benchmark, bench_config, _release_memory, model_name, task, batch
         compile_backend=cfg.compile_backend if spec.compile else None,
         params=sum(p.numel() for p in model.parameters()),
     )
-    run_benchmark(benchmark, runner.fn, cfg)  # warm-up (compile, JIT) happens in there, outside the timing
-    runner.check()
+    with fastfer.use_backend(backend):  # the benchmark is the entry point: it pins the provider's backend
+        run_benchmark(benchmark, runner.fn, cfg)  # warm-up (compile, JIT) happens in there, outside the timing
+        runner.check()
     median = median_seconds(benchmark)
     if median is not None:
         benchmark.extra_info["img_per_s"] = batch / median
     if cfg.timed:
-        benchmark.extra_info["peak_mem_mib"] = peak_memory_mib(runner.fn, cfg.device)
+        with fastfer.use_backend(backend):
+            benchmark.extra_info["peak_mem_mib"] = peak_memory_mib(runner.fn, cfg.device)

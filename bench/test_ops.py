@@ -25,7 +25,7 @@ from bench import _baselines, _cases
 from bench._checks import check_attention, check_patch
 from bench._harness import BenchConfig, annotate_roofline, device_median_seconds, run_benchmark
 from bench._roofline import attention_cost, patch_cost
-from fastfer.ops import _backends
+from fastfer.ops.backends import registry as _backends
 
 ATTENTION_PROVIDERS = _cases.ATTENTION_BASELINES + tuple(f"fastfer-{b}" for b in _cases.FASTFER_BACKENDS)
 PATCH_PROVIDERS = _cases.PATCH_BASELINES + tuple(f"fastfer-{b}" for b in _cases.FASTFER_BACKENDS)
@@ -65,7 +65,7 @@ def fastfer_backend_or_skip(provider: str, op: str, cfg: BenchConfig, dtype: tor
 def _extension_ready(kind: str) -> bool:
     """Whether the C++/CUDA extension loads without compiling (prebuilt, or cached by an earlier build)."""
     try:
-        from fastfer.ops import _ext
+        from fastfer.ops.backends.ext import build as _ext
     except ImportError:
         return False
     return _ext.ready(kind)

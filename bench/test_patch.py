@@ -61,13 +61,13 @@ def provider_name(variant: str, amp: bool) -> str:
 
 
 def chosen_backend(device: torch.device, dtype: torch.dtype) -> str:
-    from fastfer.ops import _backends
+    from fastfer.ops.backends import registry as _backends
 
     return _backends.select(_backends.Call("token_pool_attention", device, dtype, head_dim=64)).name
 
 
 def test_patch(benchmark, bench_config, model_name, task, batch, variant):
-    from fastfer.patching import patch
+    from fastfer.nn import patch
 
     cfg = bench_config
     side, _ = SHAPES[cfg.shape_set]

@@ -18,7 +18,8 @@ import time
 import torch
 
 import fastfer
-from fastfer.ops import _ext, reference
+from fastfer.ops import reference
+from fastfer.ops.backends.ext import build as _ext
 
 
 def interleaved_ms(fns: dict, reps: int, clock=time.perf_counter) -> tuple[dict, dict]:

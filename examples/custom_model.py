@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import fastfer
 from fastfer.nn import AttentivePatchPool, PoolingBlock, kept_positions
 
 
@@ -24,14 +25,14 @@ class TinyPoolingViT(nn.Module):
     """images (B, 3, 32, 32) → logits (B, num_classes); 64 positions → keep 48 → 37 tokens after the blocks."""
 
     def __init__(self, num_classes: int = 10, dim: int = 64, heads: int = 4, keep: int = 48,
-                 rates: tuple = (None, 0.75, None, 0.75), backend: str | None = None):
+                 rates: tuple = (None, 0.75, None, 0.75)):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, dim, 4, stride=4), nn.GELU())  # 32² → 8×8 map of dim channels
-        self.pool = AttentivePatchPool(keep, score="l1", backend=backend)
+        self.pool = AttentivePatchPool(keep, score="l1")
         self.pos = nn.Parameter(torch.randn(64, dim) * 0.02)  # one per map position, gathered with the tokens
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.blocks = nn.Sequential(*[PoolingBlock(dim, heads, mlp_ratio=2.0, qkv_bias=True, keep_rate=r,
-                                                   score="logit_sum", backend=backend) for r in rates])
+                                                   score="logit_sum") for r in rates])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
@@ -65,7 +66,9 @@ def main(argv: list[str] | None = None) -> float:
 
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    model = TinyPoolingViT(backend=args.backend).to(args.device)
+    if args.backend:
+        fastfer.set_backend(args.backend)  # layers take no backend: the ops choose one, or the one pinned here
+    model = TinyPoolingViT().to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     start, losses = time.perf_counter(), []
     for step in range(args.steps):

@@ -17,7 +17,8 @@ import time
 import timm
 import torch
 
-from fastfer.patching import patch, unpatch
+import fastfer
+from fastfer.nn import patch, unpatch
 
 
 def timed(model: torch.nn.Module, images: torch.Tensor, repeats: int) -> float:
@@ -58,7 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
         before = model(images)
     t_timm = timed(model, images, args.repeats)
 
-    report = patch(model, backend=args.backend)
+    if args.backend:
+        fastfer.set_backend(args.backend)  # the patched layers take no backend: pin one for the ops
+    report = patch(model)
     with torch.no_grad():
         fused = model(images)
     t_fused = timed(model, images, args.repeats)
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     unpatch(model)
 
     rate = args.keep_rate
-    report = patch(model, keep_rates={3: rate, 6: rate, 9: rate}, backend=args.backend)
+    report = patch(model, keep_rates={3: rate, 6: rate, 9: rate})
     t_pooled = timed(model, images, args.repeats)
     n_tokens = (args.img_size // 16) ** 2 + 1
     print(f"pooling {rate} at blocks 3/6/9: tokens per block {report.token_counts(n_tokens)}")

@@ -5,13 +5,14 @@ nothing else: no kernel compilation, no downloads, no CUDA initialisation. Kerne
 backend runs.
 """
 from fastfer import ops
-from fastfer.ops import backends, patch_pool, set_backend, token_pool_attention
+from fastfer.ops import backends, patch_pool, set_backend, token_pool_attention, use_backend
 
-from fastfer import functional, models  # noqa: E402  (models registers apvit, fer_former, conv_cut with timm)
+from fastfer import models  # noqa: E402  (registers apvit, fer_former, conv_cut with timm)
+from fastfer.nn import functional  # noqa: E402
 from fastfer.models import create_model  # noqa: E402
-from fastfer.patching import PatchReport, patch, unpatch  # noqa: E402
+from fastfer.nn import PatchReport, patch, unpatch  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["PatchReport", "__version__", "backends", "create_model", "functional", "models", "ops", "patch",
-           "patch_pool", "set_backend", "token_pool_attention", "unpatch"]
+           "patch_pool", "set_backend", "token_pool_attention", "unpatch", "use_backend"]

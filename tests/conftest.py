@@ -25,6 +25,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _pinned_backend(request):
+    """``@pytest.mark.backend("torch")`` (on a test or a module) pins that op backend for the test — the way an
+    entry point pins one (layers and models take no backend)."""
+    marker = request.node.get_closest_marker("backend")
+    if marker is None:
+        yield
+        return
+    import fastfer
+
+    with fastfer.use_backend(marker.args[0]):
+        yield
+
+
 @pytest.fixture
 def device() -> torch.device:
     """The device the kernels run on in this session: CUDA when present, else CPU (Triton interpreter)."""

@@ -18,7 +18,7 @@ PROBE = textwrap.dedent("""
     socket.create_connection = refuse
     import torch
     import fastfer
-    print("triton-kernels", any(m.startswith("fastfer.ops.triton.") for m in sys.modules))
+    print("triton-kernels", any(m.startswith("fastfer.ops.backends.triton.") for m in sys.modules))
     print("cuda-initialised", torch.cuda.is_initialized())
     print("cache-files", sum(len(f) for _, _, f in os.walk(cache)))
 """)

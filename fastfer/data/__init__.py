@@ -1,7 +1,7 @@
 """Datasets, labels, transforms and sampling.
 
 Every reader returns ``(image, canonical_label)`` with the image an RGB ``uint8 [3, H, W]`` tensor (before its
-``transform``) and the label in :data:`fastfer.data.labels.EXPRESSIONS` order. OpenCV is imported only when an
+``transform``) and the label in :data:`fastfer.labels.EXPRESSIONS` order. OpenCV is imported only when an
 image is decoded or drawn.
 """
 from fastfer.data.affectnet import AffectNet
@@ -10,7 +10,7 @@ from fastfer.data.expw import ExpW
 from fastfer.data.fer2013 import FER2013
 from fastfer.data.ferplus import FERPlus, majority_vote
 from fastfer.data.folder import ImageFolderFER
-from fastfer.data.labels import (
+from fastfer.labels import (
                                  EXPRESSIONS,
                                  NATIVE_ORDERS,
                                  UnknownLabelError,

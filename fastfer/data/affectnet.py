@@ -32,7 +32,7 @@ from fastfer.data.base import (
     require_file,
 )
 from fastfer.data.fer2013 import iter_csv, parse_label
-from fastfer.data.labels import NATIVE_ORDERS, normalize_name
+from fastfer.labels import NATIVE_ORDERS, normalize_name
 
 SPLITS = ("train", "val")
 CSV_FILES = {"train": "training.csv", "val": "validation.csv"}

@@ -2,7 +2,7 @@
 
 Reader contract (``datasets.md`` §9): ``dataset[i]`` returns ``(image, label)`` where ``image`` is an RGB
 ``uint8 [3, H, W]`` tensor (or ``transform(image)``) and ``label`` is the canonical index
-(``fastfer.data.labels.EXPRESSIONS`` order). Each reader exposes ``native_names`` (its own class order),
+(``fastfer.labels.EXPRESSIONS`` order). Each reader exposes ``native_names`` (its own class order),
 ``label_names`` (canonical names of the label set), ``native_to_canonical`` (native id → canonical index, −1 =
 dropped), ``targets`` and :meth:`FERDataset.summary` (kept / dropped-by-reason / corrupt counts).
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fastfer.data.labels import UnknownLabelError, canonical_index, label_names, normalize_name
+from fastfer.labels import UnknownLabelError, canonical_index, label_names, normalize_name
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from fastfer.data.base import CorruptImageError, DatasetFormatError, FERDataset, read_image, require_dir, require_file
-from fastfer.data.labels import NATIVE_ORDERS
+from fastfer.labels import NATIVE_ORDERS
 
 SPLITS = ("train", "val", "test", "all")
 

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from fastfer.data.base import DatasetFormatError, FERDataset, require_dir
-from fastfer.data.labels import NATIVE_ORDERS
+from fastfer.labels import NATIVE_ORDERS
 
 USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
 SIDE = 48

@@ -29,7 +29,7 @@ import torch
 
 from fastfer.data.base import DatasetFormatError, FERDataset, read_image, require_dir, require_file
 from fastfer.data.fer2013 import iter_csv, parse_pixels
-from fastfer.data.labels import NATIVE_ORDERS
+from fastfer.labels import NATIVE_ORDERS
 
 FOLDERS = {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013Test"}
 USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}

@@ -1,8 +1,8 @@
 """Generic class-folder reader: ``root/<class name>/<image>``, classes mapped to canonical **by name**.
 
 The native order is the alphabetical folder order (what ``torchvision.datasets.ImageFolder`` would use), so a
-model trained elsewhere on the same folders can be converted with :func:`fastfer.data.labels.order_map`.
-Folder names are folded by :func:`fastfer.data.labels.normalize_name` (``Angry`` → anger, ``happiness`` →
+model trained elsewhere on the same folders can be converted with :func:`fastfer.labels.order_map`.
+Folder names are folded by :func:`fastfer.labels.normalize_name` (``Angry`` → anger, ``happiness`` →
 happy, …); non-expression folders (``unknown``, ``NF``, ``None``, …) are dropped and counted; any other name is
 an error unless ``class_map`` says what it means.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from fastfer.data.base import IMG_EXTENSIONS, FERDataset, UnknownLabelError, read_image, require_dir
-from fastfer.data.labels import normalize_name
+from fastfer.labels import normalize_name
 
 
 class ImageFolderFER(FERDataset):

@@ -2,10 +2,10 @@
 §2) or ``path  text_label``.
 
 Labels are mapped to canonical **by the text label** (``happy``, ``Happiness``, ``angry``, … folded by
-:func:`fastfer.data.labels.normalize_name`); the integer column, when present, must agree with it: every line
+:func:`fastfer.labels.normalize_name`); the integer column, when present, must agree with it: every line
 with the same text label carries the same integer, and no integer names two classes, else the error names the
 file and line. The native order (``native_names``) is the classes sorted by that integer, so a model trained
-on the list elsewhere converts with :func:`fastfer.data.labels.order_map`.
+on the list elsewhere converts with :func:`fastfer.labels.order_map`.
 
 Paths are relative to ``root`` (default: the list file's folder) or absolute. A path may contain spaces: the
 label columns are split off the right end of the line.
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from fastfer.data.base import DatasetFormatError, FERDataset, read_image, require_dir, require_file
-from fastfer.data.labels import UnknownLabelError, normalize_name
+from fastfer.labels import UnknownLabelError, normalize_name
 
 
 def read_label_list(path: Path) -> list[tuple[int, str, str, int | None]]:

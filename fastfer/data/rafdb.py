@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from fastfer.data.base import DatasetFormatError, FERDataset, read_image, require_dir, require_file
-from fastfer.data.labels import NATIVE_ORDERS
+from fastfer.labels import NATIVE_ORDERS
 
 SPLITS = ("train", "test")
 

@@ -14,7 +14,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from fastfer.data.base import to_chw_tensor
-from fastfer.data.labels import label_names as _label_names
+from fastfer.labels import label_names as _label_names
 from fastfer.data.synthetic_draw import draw_face
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -32,7 +32,7 @@ class SyntheticExpressions(Dataset):
     """Synthetic faces; ``__getitem__`` returns ``(image, label)``.
 
     ``image``: ``uint8 [3, image_size, image_size]`` RGB tensor, or ``transform(that tensor)`` when given.
-    ``label``: canonical index (``fastfer.data.labels.EXPRESSIONS`` order).
+    ``label``: canonical index (``fastfer.labels.EXPRESSIONS`` order).
 
     Args:
         split: ``"train"``, ``"val"`` or ``"test"``.

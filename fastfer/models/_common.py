@@ -5,7 +5,7 @@ from typing import Any, Optional, Sequence
 
 from torch import nn
 
-from fastfer.data.labels import EXPRESSIONS
+from fastfer.labels import EXPRESSIONS
 
 
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
@@ -26,13 +26,6 @@ def default_label_names(num_classes: int, label_names: Optional[Sequence[str]] =
     return names
 
 
-def set_attention_backend(model: nn.Module, backend: Optional[str]) -> None:
-    """Set ``backend`` on every submodule that calls a fused op (those with a ``backend`` attribute)."""
-    for m in model.modules():
-        if m is not model and hasattr(m, "backend"):
-            m.backend = backend
-
-
 def build_timm_model(cls: type, variant: str, pretrained: bool, **kwargs) -> nn.Module:
     """timm's ``build_model_with_cfg`` for a fastfer model: attaches the registered ``pretrained_cfg``
     (label names, mean/std, input size) and loads weights only from what the cfg names (a local ``file`` set by
@@ -40,37 +33,3 @@ def build_timm_model(cls: type, variant: str, pretrained: bool, **kwargs) -> nn.
     from timm.models import build_model_with_cfg
 
     return build_model_with_cfg(cls, variant, pretrained, **kwargs)
-
-
-def read_state_dict(path) -> dict:
-    """Tensors of a checkpoint file: safetensors, or ``.pth``/``.pt``/``.bin`` through
-    ``torch.load(weights_only=True)``; a ``state_dict`` / ``model`` wrapper and DataParallel's ``module.``
-    prefix are removed."""
-    import os
-
-    import torch
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint: {path!r} is not a file")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        sd = load_file(path)
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    return unwrap_state_dict(sd, path)
-
-
-def unwrap_state_dict(sd, what: str = "state_dict") -> dict:
-    """Remove ``{"state_dict": …}`` / ``{"model": …}`` wrappers and a common ``module.`` prefix."""
-    import torch
-
-    for key in ("state_dict", "model"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{what}: expected a mapping of names to tensors, got {type(sd).__name__}")
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return dict(sd)

@@ -18,7 +18,7 @@ import torch
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
-from fastfer.models.convert import EXPRESSIONS
+from fastfer.models._common import default_label_names
 from fastfer.models.irse import IRSE
 from fastfer.nn import AttentivePatchPool, PoolingBlock
 
@@ -64,7 +64,6 @@ class APViT(nn.Module):
         drop_path_rate: stochastic depth, linearly increasing over blocks (0 in the paper).
         global_pool: ``token`` (CLS, the paper), ``avg`` (mean of the remaining patch tokens) or ``''``.
         label_names: class names in logit order; default: the canonical order when num_classes is 7 or 8.
-        backend: op backend for APP and ATP (``triton``, ``cuda``, ``cpu``, ``torch`` or None = automatic).
 
     ``forward(x)``: x (B, 3, H, W) normalised RGB → logits (B, num_classes).
     ``forward_features(x)`` → tokens after the final LayerNorm (B, M, embed_dim), M = 1 + tokens left after
@@ -96,7 +95,6 @@ class APViT(nn.Module):
         drop_path_rate: float = 0.0,
         global_pool: str = "token",
         label_names: Optional[Sequence[str]] = None,
-        backend: Optional[str] = None,
     ):
         super().__init__()
         if in_chans != 3:
@@ -124,32 +122,22 @@ class APViT(nn.Module):
         self.global_pool = global_pool
         self.patch_keep = patch_keep
         self.keep_rates = keep_rates
-        self.backend = backend
 
         self.proj = nn.Conv2d(self.extractor.out_channels, embed_dim, 1)
-        self.patch_pool = AttentivePatchPool(patch_keep or self.num_patches, patch_score, backend=backend)
+        self.patch_pool = AttentivePatchPool(patch_keep or self.num_patches, patch_score)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.patch_pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, embed_dim))
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear decay rule, host-side
         self.blocks = nn.Sequential(*[
             PoolingBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, keep_rate=rate, score=token_score,
-                         scale=attn_scale, drop_path=dpr[i], norm_eps=norm_eps, backend=backend)
+                         scale=attn_scale, drop_path=dpr[i], norm_eps=norm_eps)
             for i, rate in enumerate(keep_rates)
         ])
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.label_names = self._resolve_label_names(label_names, num_classes)
+        self.label_names = default_label_names(num_classes, label_names)
         self.init_weights()
-
-    @staticmethod
-    def _resolve_label_names(label_names, num_classes) -> Optional[tuple[str, ...]]:
-        if label_names is None:
-            return EXPRESSIONS[:num_classes] if num_classes in (7, 8) else None
-        label_names = tuple(label_names)
-        if len(label_names) != num_classes:
-            raise ValueError(f"label_names: expected {num_classes} names (num_classes), got {len(label_names)}")
-        return label_names
 
     def init_weights(self) -> None:
         """Official initialisation: trunc-normal(0.02) tokens and ViT linears, zero cls pos-embed and head."""
@@ -192,14 +180,7 @@ class APViT(nn.Module):
         if isinstance(old, nn.Linear):
             self.head.to(device=old.weight.device, dtype=old.weight.dtype)
         self._zero_head()
-        self.label_names = self._resolve_label_names(label_names, num_classes)
-
-    def set_backend(self, backend: Optional[str]) -> None:
-        """Switch the op backend of APP and every block (same weights)."""
-        self.backend = backend
-        for m in self.modules():
-            if m is not self and hasattr(m, "backend"):
-                m.backend = backend
+        self.label_names = default_label_names(num_classes, label_names)
 
     def forward_features(self, x: Tensor, return_details: bool = False):
         """x (B, 3, H, W) → tokens (B, M, embed_dim) after the final LayerNorm, CLS first.

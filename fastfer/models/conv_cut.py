@@ -12,7 +12,7 @@ Pipeline at 224² (NCHW)::
 Module names follow the released Keras model (``base_model``, ``patch_extraction``, ``pre_classification``,
 ``attention``, ``classification_head``) so a Keras weight file converts mechanically; the trunk keeps timm's
 ConvNeXt names below ``base_model`` so timm ConvNeXt-B weights load by name
-(:func:`fastfer.models.convert_convcut.convnext_to_convcut`).
+(:func:`fastfer.models.convert.conv_cut.convnext_to_convcut`).
 """
 from __future__ import annotations
 
@@ -21,19 +21,21 @@ from collections import OrderedDict
 from typing import Optional, Sequence
 
 import torch
+import torch.fx
 from timm.layers import LayerNorm, LayerNorm2d, create_conv2d
 from timm.models import generate_default_cfgs, register_model
 from timm.models.convnext import ConvNeXtStage
 from torch import Tensor, nn
 
-from fastfer import ops
-from fastfer.data.labels import EXPRESSIONS
+from fastfer.labels import EXPRESSIONS
 from fastfer.models._common import (
     build_timm_model,
     check_choice,
     default_label_names,
-    set_attention_backend,
 )
+from fastfer.ops import token_pool_attention
+
+torch.fx.wrap("token_pool_attention")  # FX: one call node
 
 TRUNK_MODES = ("frozen", "last_n", "all")
 ATTENTION_MODES = ("tokens", "keras_batch")
@@ -126,10 +128,9 @@ class TokenAttentionPool(nn.Module):
     (head dim = dim ≤ 256). tokens (B, N, dim) → (B, dim). Each sample attends only over its own tokens.
     """
 
-    def __init__(self, dim: int, backend: Optional[str] = None):
+    def __init__(self, dim: int):
         super().__init__()
         self.dim = dim
-        self.backend = backend
         self.qkv = nn.Linear(dim, 3 * dim)
 
     def reset_parameters(self) -> None:
@@ -141,7 +142,7 @@ class TokenAttentionPool(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         B, N, D = tokens.shape
         qkv = self.qkv(tokens).reshape(B, N, 3, 1, D)  # packed (B, N, 3, H=1, D) layout of the fused op
-        out = ops.token_pool_attention(qkv, None, backend=self.backend).out  # (B, N, D), scale D**-0.5
+        out = token_pool_attention(qkv, None).out  # (B, N, D), scale D**-0.5
         return out.mean(dim=1)
 
 
@@ -190,8 +191,7 @@ class ConvCut(nn.Module):
         det_norm: the stage-1-only LayerNorm(det_dim, eps 1e-6) after the DET (off: the evaluated model).
         drop_path_rate: trunk stochastic depth (only matters when the trunk trains).
         trunk_weights: local timm ConvNeXt-B state_dict file (``convnext_base.fb_in22k_ft_in1k``) loaded into
-            the trunk by name (see :mod:`fastfer.models.convert_convcut`); None keeps the random init.
-        backend: fastfer op backend for the token attention (None = automatic).
+            the trunk by name (see :mod:`fastfer.models.convert.conv_cut`); None keeps the random init.
 
     Shapes at 224²: trunk (B, 512, 14, 14) → DET (B, 256, 2, 2) = ``forward_features`` →
     pooled (B, 256) → pre-logits (B, 32) → logits (B, C).
@@ -201,8 +201,7 @@ class ConvCut(nn.Module):
                  trunk: str = "frozen", trunk_trainable_blocks: int = 1, freeze_trunk_norms: bool = False,
                  cut: str = "block23_norm", dims: Sequence[int] = (128, 256, 512), depths: Sequence[int] = (3, 3, 24),
                  det_dim: int = 256, hidden_dim: int = 32, drop_rate: float = 0.1, det_norm: bool = False,
-                 drop_path_rate: float = 0.0, in_chans: int = 3, trunk_weights: Optional[str] = None,
-                 backend: Optional[str] = None, **kwargs):
+                 drop_path_rate: float = 0.0, in_chans: int = 3, trunk_weights: Optional[str] = None, **kwargs):
         super().__init__()
         if kwargs:
             raise TypeError(f"ConvCut: unexpected arguments {sorted(kwargs)}")
@@ -232,15 +231,15 @@ class ConvCut(nn.Module):
             # Keras BatchNormalization defaults: eps 1e-3, momentum 0.99 (= PyTorch momentum 0.01)
             batch_normalization=nn.BatchNorm1d(hidden_dim, eps=1e-3, momentum=0.01),
         ))
-        self.attention = TokenAttentionPool(det_dim, backend) if attention == "tokens" else KerasBatchAttention()
+        self.attention = TokenAttentionPool(det_dim) if attention == "tokens" else KerasBatchAttention()
         self.head_dropout = nn.Dropout(drop_rate)
         self.num_classes = num_classes
         self.label_names = default_label_names(num_classes, label_names)
         self.classification_head = nn.Linear(hidden_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_head()
         if trunk_weights is not None:
-            from fastfer.models._common import read_state_dict
-            from fastfer.models.convert_convcut import load_convnext_trunk
+            from fastfer.models.convert.conv_cut import load_convnext_trunk
+            from fastfer.models.weights import read_state_dict
 
             load_convnext_trunk(self, read_state_dict(trunk_weights))
         self.set_trunk_training(trunk, trunk_trainable_blocks, freeze_trunk_norms)
@@ -331,10 +330,6 @@ class ConvCut(nn.Module):
         else:
             self.classification_head = nn.Identity()
 
-    def set_backend(self, backend: Optional[str]) -> None:
-        """Route the fused attention to ``backend`` (``triton``, ``cuda``, ``cpu``, ``torch`` or None = automatic)."""
-        set_attention_backend(self, backend)
-
     def count_parameters(self) -> dict[str, int]:
         """Parameters of each part and the trainable total."""
         parts = {"trunk": self.base_model, "det": self.patch_extraction, "attention": self.attention,
@@ -360,7 +355,7 @@ def _cfg(**overrides) -> dict:
         paper_name="A Visual Self-attention Mechanism Facial Expression Recognition Network beyond Convnext",
         paper_ids="arXiv:2504.09077",
         notes=(("Trunk: timm convnext_base.fb_in22k_ft_in1k weights (local file) via "
-                "fastfer.models.convert_convcut; no released Conv-cut checkpoint."),),
+                "fastfer.models.convert.conv_cut; no released Conv-cut checkpoint."),),
     )
     cfg.update(overrides)
     return cfg
@@ -381,7 +376,7 @@ def _create(variant: str, pretrained: bool, **kwargs) -> ConvCut:
 @register_model
 def conv_cut(pretrained: bool = False, **kwargs) -> ConvCut:
     """Conv-cut: truncated ConvNeXt-B (51.6 M, frozen) + DET + per-sample token attention head; 224², ImageNet
-    mean/std. See :class:`ConvCut` for the options (``attention``, ``trunk``, ``cut``, ``backend``)."""
+    mean/std. See :class:`ConvCut` for the options (``attention``, ``trunk``, ``cut``)."""
     return _create("conv_cut", pretrained, **kwargs)
 
 

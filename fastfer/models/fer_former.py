@@ -30,12 +30,11 @@ from timm.layers import trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 
-from fastfer.data.labels import EXPRESSIONS
+from fastfer.labels import EXPRESSIONS
 from fastfer.models._common import (
     build_timm_model,
     check_choice,
     default_label_names,
-    set_attention_backend,
 )
 from fastfer.models.irse import IRSE
 from fastfer.models.text_encoder import (
@@ -99,7 +98,6 @@ class FerFormer(nn.Module):
         embed_dim, depth, num_heads, mlp_ratio, qkv_bias, norm_eps: transformer (256, 16, 4, 4.0, False,
             1e-5 = nn.LayerNorm's default as released).
         drop_path_rate: stochastic depth (released 0).
-        backend: fastfer op backend for the attention (None = automatic).
 
     Shapes at 112²: backbone (B, 256, 14, 14) → pooled (B, 256, 12, 12) → tokens (B, 50, 256) →
     ``forward_features`` (B, 52, 256) → logits (B, C).
@@ -112,7 +110,7 @@ class FerFormer(nn.Module):
                  pool_size: int = 12, patch_sizes: Sequence[int] = (2, 4, 6, 12), embed_dim: int = 256,
                  depth: int = 16, num_heads: int = 4, mlp_ratio: float = 4.0, qkv_bias: bool = False,
                  norm_eps: float = 1e-5, drop_path_rate: float = 0.0, text_dim: int = TEXT_DIM,
-                 in_chans: int = 3, img_size: Union[int, Sequence[int]] = 112, backend: Optional[str] = None):
+                 in_chans: int = 3, img_size: Union[int, Sequence[int]] = 112):
         super().__init__()
         if in_chans != 3:
             raise ValueError(f"in_chans: expected 3 (RGB), got {in_chans}")
@@ -145,7 +143,7 @@ class FerFormer(nn.Module):
         rates = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.Sequential(*[
             PoolingBlock(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=rates[i],
-                         norm_eps=norm_eps, backend=backend)
+                         norm_eps=norm_eps)
             for i in range(depth)])
         self.num_classes = num_classes
         self.label_names = default_label_names(num_classes, label_names)
@@ -269,10 +267,6 @@ class FerFormer(nn.Module):
         self.text_embed = torch.full((num_classes, self.text_proj.in_features), float("nan"), device=device)
         self.text_ready = False
 
-    def set_backend(self, backend: Optional[str]) -> None:
-        """Route the fused attention to ``backend`` (``triton``, ``cuda``, ``cpu``, ``torch`` or None)."""
-        set_attention_backend(self, backend)
-
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "clip_token", "pos_embed"}
 
@@ -356,7 +350,7 @@ def _cfg(**overrides) -> dict:
         paper_name="FER-former: Multi-modal Transformer for Facial Expression Recognition",
         paper_ids="arXiv:2303.12997", origin_url="https://github.com/ydl832/FER-former",
         notes=(("Official checkpoints: none released; convert a trained one with "
-                "fastfer.models.convert_ferformer. IR-50 init: face.evoLVe backbone_ir50_ms1m_epoch63."),),
+                "fastfer.models.convert.fer_former. IR-50 init: face.evoLVe backbone_ir50_ms1m_epoch63."),),
     )
     cfg.update(overrides)
     return cfg
@@ -370,7 +364,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> FerFormer:
-    from fastfer.models.convert_ferformer import checkpoint_filter_fn
+    from fastfer.models.convert.fer_former import checkpoint_filter_fn
 
     model = build_timm_model(FerFormer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
     model.pretrained_cfg.update(num_classes=model.num_classes, label_names=model.label_names)

@@ -16,8 +16,9 @@ import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from fastfer.labels import EXPRESSIONS
 from fastfer.models.apvit import APVIT_CONFIG, APVIT_TINY_CONFIG, APViT
-from fastfer.models.convert import EXPRESSIONS, checkpoint_filter_fn
+from fastfer.models.convert.apvit import checkpoint_filter_fn
 
 MODEL_NAMES = ("apvit", "apvit_tiny")
 
@@ -77,7 +78,7 @@ def apvit_tiny(pretrained: bool = False, **kwargs) -> APViT:
 def create_model(name: str, pretrained: bool = False, weights: Optional[str | os.PathLike] = None, **kwargs):
     """``timm.create_model`` for fastfer's models; ``weights=path`` loads a local file (implies pretrained).
 
-    Any other keyword (``num_classes``, ``backend``, ``patch_keep`` …) goes to the model.
+    Any other keyword (``num_classes``, ``patch_keep`` …) goes to the model.
     """
     if weights is not None:
         if not os.path.isfile(weights):

@@ -5,11 +5,14 @@
 - :class:`TokenPoolAttention` — attention that also keeps the top tokens by CLS score (APViT ATP / EViT).
 - :class:`PoolingBlock` — pre-norm ViT block: attention → residual → gather kept tokens → MLP.
 - :class:`FusedViTBlock` / :class:`FusedViTAttention` — drop-ins for timm's ViT Block / Attention that adopt
-  the timm modules' weights (installed by :func:`fastfer.patching.patch`).
+  the timm modules' weights, installed by :func:`patch` (undone by :func:`unpatch`).
+
+Layers take no backend: the ops choose one (pin it with ``fastfer.ops.use_backend``).
 """
 from fastfer.nn.attention import KEEP_RULES, Attention, TokenPoolAttention, keep_count
 from fastfer.nn.block import PoolingBlock, gather_tokens, kept_positions
 from fastfer.nn.patch_pool import AttentivePatchPool
+from fastfer.nn.patching import PatchReport, patch, patch_report, unpatch
 from fastfer.nn.timm_vit import FusedViTAttention, FusedViTBlock
 
 __all__ = [
@@ -18,9 +21,13 @@ __all__ = [
     "AttentivePatchPool",
     "FusedViTAttention",
     "FusedViTBlock",
+    "PatchReport",
     "PoolingBlock",
     "TokenPoolAttention",
     "gather_tokens",
     "keep_count",
     "kept_positions",
+    "patch",
+    "patch_report",
+    "unpatch",
 ]

@@ -1,6 +1,9 @@
 """Fused multi-head self-attention layers: plain (Attention) and with Attentive Token Pooling.
 
 Parameter names follow timm's ViT (``qkv``, ``proj``), so timm / APViT / FER-former weights load unchanged.
+The op calls are FX leaf functions (``torch.fx.wrap`` below), and the number of tokens to keep is computed by
+a leaf too, so ``torch.fx.symbolic_trace`` of a model built from these layers records the fused ops as single
+nodes instead of failing on data-dependent shapes.
 """
 from __future__ import annotations
 
@@ -8,9 +11,10 @@ import math
 from typing import Optional
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
-from fastfer import ops
+from fastfer.ops import MAX_HEAD_DIM, token_pool_attention
 from fastfer.ops.reference import CLS_SCORES
 
 KEEP_RULES = ("apvit", "evit")
@@ -20,8 +24,8 @@ def _check_heads(dim: int, num_heads: int) -> int:
     if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1 or dim % num_heads:
         raise ValueError(f"num_heads: expected a positive divisor of dim={dim}, got {num_heads!r}")
     head_dim = dim // num_heads
-    if head_dim > 256:
-        raise ValueError(f"dim / num_heads: expected a head dim ≤ 256, got {dim}/{num_heads} = {head_dim}")
+    if head_dim > MAX_HEAD_DIM:
+        raise ValueError(f"dim / num_heads: expected a head dim ≤ {MAX_HEAD_DIM}, got {dim}/{num_heads} = {head_dim}")
     return head_dim
 
 
@@ -54,6 +58,16 @@ def keep_count(n_tokens: int, keep_rate: Optional[float] = None, keep: Optional[
     return None if count >= n_patch else count
 
 
+def keep_for(x: Tensor, keep_rate: Optional[float], keep: Optional[int], rule: str) -> Optional[int]:
+    """:func:`keep_count` for the tokens ``x`` (B, N, C); an FX leaf, so tracing never branches on N."""
+    return keep_count(x.shape[1], keep_rate, keep, rule)
+
+
+# FX: record these as single call nodes (their arguments' shapes are only known when the graph runs).
+torch.fx.wrap("token_pool_attention")
+torch.fx.wrap("keep_for")
+
+
 class Attention(nn.Module):
     """Multi-head self-attention on the fused op (no pooling).
 
@@ -63,14 +77,14 @@ class Attention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, scale: Optional[float] = None,
-                 proj_bias: bool = True, proj_drop: float = 0.0, backend: Optional[str] = None):
+                 proj_bias: bool = True, proj_drop: float = 0.0):
         super().__init__()
-        self._init_heads(dim, num_heads, scale, backend)
+        self._init_heads(dim, num_heads, scale)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def _init_heads(self, dim: int, num_heads: int, scale: Optional[float], backend: Optional[str]) -> None:
+    def _init_heads(self, dim: int, num_heads: int, scale: Optional[float]) -> None:
         """Head geometry and settings, without creating parameters (shared with the timm drop-ins)."""
         self.num_heads = num_heads
         self.head_dim = _check_heads(dim, num_heads)
@@ -82,36 +96,39 @@ class Attention(nn.Module):
             if not (math.isfinite(scale) and scale > 0):
                 raise ValueError(f"scale: expected a positive finite number or None (head_dim**-0.5), got {scale!r}")
         self.scale = self.head_dim**-0.5 if scale is None else scale
-        self.backend = backend
         self.last_scores: Optional[Tensor] = None
 
     def _qkv(self, x: Tensor) -> Tensor:
         """x (B, N, C) → packed qkv (B, N, 3, H, D), the layout the op reads in place."""
-        B, N, _ = x.shape
-        return self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
+        return self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))
 
     def _project(self, out: Tensor) -> Tensor:
         """Attention output (B, M, H·D) → (B, M, dim_out)."""
         return self.proj_drop(self.proj(out))
 
     def forward(self, x: Tensor) -> Tensor:
-        result = ops.token_pool_attention(self._qkv(x), None, scale=self.scale, backend=self.backend)
-        if not torch.compiler.is_compiling():
-            self.last_scores = result.cls_scores.detach()
+        result = token_pool_attention(self._qkv(x), None, scale=self.scale)
+        self._record(result)
         return self._project(result.out)
 
+    def _record(self, result) -> None:
+        """Keep the last selection for visualisation (eager only: not while compiling or FX tracing)."""
+        if not (torch.compiler.is_compiling() or isinstance(result.cls_scores, torch.fx.Proxy)):
+            self.last_scores = result.cls_scores.detach()
+            if hasattr(self, "last_index"):
+                self.last_index = result.index.detach()
+
     def extra_repr(self) -> str:
-        return f"heads={self.num_heads}, head_dim={self.head_dim}" + (
-            f", backend={self.backend!r}" if self.backend else "")
+        return f"heads={self.num_heads}, head_dim={self.head_dim}"
 
 
 class TokenPoolAttention(Attention):
     """Attention that also keeps only the highest-scoring tokens (APViT Attentive Token Pooling).
 
-    ``forward(x)``: x (B, N, dim), token 0 = CLS → (y (B, M, dim), index (B, M) or None). ``y`` is the
-    projected attention output of the kept queries (CLS first, then kept tokens in positional order);
-    ``index`` says which input tokens they are (None when nothing is dropped). The caller gathers its
-    residual stream with ``index`` (see :class:`PoolingBlock`). Keep count: ``keep`` if given, else from
+    ``forward(x)``: x (B, N, dim), token 0 = CLS → (y (B, M, dim), index (B, M)). ``y`` is the projected
+    attention output of the kept queries (CLS first, then kept tokens in positional order); ``index`` says
+    which input tokens they are (0..N-1 when nothing is dropped). The caller gathers its residual stream with
+    ``index`` when :attr:`pools` (see :class:`PoolingBlock`). Keep count: ``keep`` if given, else from
     ``keep_rate`` by ``keep_rule`` (:func:`keep_count`: ``apvit`` max(int((N-1)·rate), 1), ``evit``
     ceil(rate·(N-1))). ``score``: ``logit_sum`` (APViT, pre-softmax CLS logits summed over heads) or
     ``prob_mean`` (EViT, CLS attention probabilities averaged over heads). After each call ``last_index``
@@ -120,9 +137,8 @@ class TokenPoolAttention(Attention):
 
     def __init__(self, dim: int, num_heads: int = 8, keep_rate: Optional[float] = None, keep: Optional[int] = None,
                  score: str = "logit_sum", qkv_bias: bool = False, scale: Optional[float] = None,
-                 proj_bias: bool = True, proj_drop: float = 0.0, backend: Optional[str] = None,
-                 keep_rule: str = "apvit"):
-        super().__init__(dim, num_heads, qkv_bias, scale, proj_bias, proj_drop, backend)
+                 proj_bias: bool = True, proj_drop: float = 0.0, keep_rule: str = "apvit"):
+        super().__init__(dim, num_heads, qkv_bias, scale, proj_bias, proj_drop)
         self._init_pooling(keep_rate, keep, score, keep_rule)
 
     def _init_pooling(self, keep_rate: Optional[float], keep: Optional[int], score: str, keep_rule: str) -> None:
@@ -139,15 +155,19 @@ class TokenPoolAttention(Attention):
         self.keep_rule = keep_rule
         self.last_index: Optional[Tensor] = None
 
+    @property
+    def pools(self) -> bool:
+        """Whether this layer may drop tokens (a keep count or a rate below 1); decided at construction."""
+        return self.keep is not None or (self.keep_rate is not None and self.keep_rate < 1)
+
     def keep_count(self, n_tokens: int) -> Optional[int]:
         return keep_count(n_tokens, self.keep_rate, self.keep, self.keep_rule)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Optional[Tensor]]:
-        keep = self.keep_count(x.shape[1])
-        result = ops.token_pool_attention(self._qkv(x), keep, scale=self.scale, score=self.score, backend=self.backend)
-        if not torch.compiler.is_compiling():
-            self.last_index, self.last_scores = result.index.detach(), result.cls_scores.detach()
-        return self._project(result.out), (result.index if keep is not None else None)
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        keep = keep_for(x, self.keep_rate, self.keep, self.keep_rule) if self.pools else None
+        result = token_pool_attention(self._qkv(x), keep, scale=self.scale, score=self.score)
+        self._record(result)
+        return self._project(result.out), result.index
 
     def extra_repr(self) -> str:
         if self.keep is not None:
@@ -156,5 +176,4 @@ class TokenPoolAttention(Attention):
             rule = "no pooling"
         else:
             rule = f"keep_rate={self.keep_rate} ({self.keep_rule})"
-        return f"heads={self.num_heads}, head_dim={self.head_dim}, {rule}, score={self.score!r}" + (
-            f", backend={self.backend!r}" if self.backend else "")
+        return f"heads={self.num_heads}, head_dim={self.head_dim}, {rule}, score={self.score!r}"

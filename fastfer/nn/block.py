@@ -45,18 +45,18 @@ class PoolingBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
                  keep_rate: Optional[float] = None, keep: Optional[int] = None, score: str = "logit_sum",
                  scale: Optional[float] = None, drop_path: float = 0.0, norm_eps: float = 1e-6,
-                 act_layer: type[nn.Module] = nn.GELU, backend: Optional[str] = None, keep_rule: str = "apvit"):
+                 act_layer: type[nn.Module] = nn.GELU, keep_rule: str = "apvit"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = TokenPoolAttention(dim, num_heads, keep_rate=keep_rate, keep=keep, score=score,
-                                       qkv_bias=qkv_bias, scale=scale, backend=backend, keep_rule=keep_rule)
+                                       qkv_bias=qkv_bias, scale=scale, keep_rule=keep_rule)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer)
 
     def forward(self, x: Tensor) -> Tensor:
         y, index = self.attn(self.norm1(x))
-        if index is not None:
+        if self.attn.pools:  # static: a block that keeps every token never gathers
             x = gather_tokens(x, index)
         x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))

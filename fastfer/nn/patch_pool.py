@@ -4,9 +4,12 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
-from fastfer import ops
+from fastfer.ops import patch_pool
+
+torch.fx.wrap("patch_pool")  # FX: one call node (the op's output shapes depend on k, not on tracing)
 
 
 class AttentivePatchPool(nn.Module):
@@ -18,21 +21,20 @@ class AttentivePatchPool(nn.Module):
     (B, N) hold the selection for visualisation (detached; not recorded while torch.compile traces).
     """
 
-    def __init__(self, k: int, score: str = "l1", backend: Optional[str] = None):
+    def __init__(self, k: int, score: str = "l1"):
         super().__init__()
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k: expected a positive int (positions to keep), got {k!r}")
         self.k = k
         self.score = score
-        self.backend = backend
         self.last_index: Optional[Tensor] = None
         self.last_scores: Optional[Tensor] = None
 
     def forward(self, x: Tensor, pos: Optional[Tensor] = None) -> Tensor:
-        result = ops.patch_pool(x, self.k, pos=pos, score=self.score, backend=self.backend)
-        if not torch.compiler.is_compiling():
+        result = patch_pool(x, self.k, pos=pos, score=self.score)
+        if not (torch.compiler.is_compiling() or isinstance(result.index, torch.fx.Proxy)):
             self.last_index, self.last_scores = result.index.detach(), result.scores.detach()
         return result.tokens
 
     def extra_repr(self) -> str:
-        return f"k={self.k}, score={self.score!r}" + (f", backend={self.backend!r}" if self.backend else "")
+        return f"k={self.k}, score={self.score!r}"

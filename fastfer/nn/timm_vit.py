@@ -14,6 +14,7 @@ from timm.models.vision_transformer import Block as TimmBlock
 from torch import Tensor, nn
 
 from fastfer.nn.attention import TokenPoolAttention
+from fastfer.ops import MAX_HEAD_DIM
 from fastfer.nn.block import gather_tokens
 
 
@@ -34,8 +35,8 @@ def check_timm_attention(attn: nn.Module, where: str) -> None:
     if p > 0:
         raise ValueError(f"{where}.attn_drop: expected p=0 (the fused op has no attention dropout), got p={p}; "
                          f"create the model with attn_drop_rate=0 or set {where}.attn_drop.p = 0 before patching")
-    if attn.head_dim > 256:
-        raise ValueError(f"{where}: expected a head dim ≤ 256 for the fused op, got {attn.head_dim}")
+    if attn.head_dim > MAX_HEAD_DIM:
+        raise ValueError(f"{where}: expected a head dim ≤ {MAX_HEAD_DIM} for the fused op, got {attn.head_dim}")
 
 
 def check_timm_block(block: nn.Module, where: str) -> None:
@@ -56,11 +57,11 @@ class FusedViTAttention(TokenPoolAttention):
     """
 
     def __init__(self, attn: TimmAttention, keep_rate: Optional[float] = None, score: str = "prob_mean",
-                 keep_rule: str = "evit", backend: Optional[str] = None):
+                 keep_rule: str = "evit"):
         check_timm_attention(attn, "attn")
         # Skip Attention.__init__ on purpose: it would allocate new Linear layers; this module adopts attn's.
         nn.Module.__init__(self)
-        self._init_heads(attn.num_heads * attn.head_dim, attn.num_heads, attn.scale, backend)
+        self._init_heads(attn.num_heads * attn.head_dim, attn.num_heads, attn.scale)
         self._init_pooling(keep_rate, None, score, keep_rule)
         # Same names and order as timm's Attention → identical state_dict keys.
         self.qkv = attn.qkv
@@ -94,12 +95,11 @@ class FusedViTBlock(nn.Module):
     """
 
     def __init__(self, block: TimmBlock, keep_rate: Optional[float] = None, score: str = "prob_mean",
-                 keep_rule: str = "evit", backend: Optional[str] = None):
+                 keep_rule: str = "evit"):
         super().__init__()
         check_timm_block(block, "block")
         self.norm1 = block.norm1
-        self.attn = FusedViTAttention(block.attn, keep_rate=keep_rate, score=score, keep_rule=keep_rule,
-                                      backend=backend)
+        self.attn = FusedViTAttention(block.attn, keep_rate=keep_rate, score=score, keep_rule=keep_rule)
         self.ls1 = block.ls1
         self.drop_path1 = block.drop_path1
         self.norm2 = block.norm2
@@ -113,7 +113,7 @@ class FusedViTBlock(nn.Module):
             raise ValueError("attn_mask / is_causal: not supported by fastfer's fused attention; "
                              "call fastfer.unpatch(model) to run masked attention")
         y, index = self.attn(self.norm1(x))
-        if index is not None:
+        if self.attn.pools:
             x = gather_tokens(x, index)
         x = x + self.drop_path1(self.ls1(y))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))

@@ -6,8 +6,9 @@ import math
 import torch
 from torch import Tensor
 
+from fastfer.ops.limits import MAX_HEAD_DIM  # noqa: F401 (re-exported: the one limit)
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_HEAD_DIM = 256
 
 
 def tensor(name: str, t: object) -> Tensor:
@@ -57,3 +58,11 @@ def finite_scale(scale: object) -> float | None:
     if not math.isfinite(scale) or scale == 0:
         raise ValueError(f"scale: expected a finite non-zero float, got {scale}")
     return float(scale)
+
+
+def per_call_backend(backend: object) -> None:
+    """``backend=`` of a functional op call: a pin for this call only, which cannot work inside a compiled
+    region (the pin would apply at trace time, not when the compiled graph runs)."""
+    if torch.compiler.is_compiling():
+        raise RuntimeError(f"backend={backend!r}: a per-call backend does not work inside torch.compile; pin it "
+                           f"around the compiled call with `with fastfer.ops.use_backend({backend!r}): ...`")

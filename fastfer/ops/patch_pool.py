@@ -1,4 +1,5 @@
-"""Attentive Patch Pooling op: validation, ``fastfer::patch_pool`` (custom_op + fake + autograd), dispatch."""
+"""Attentive Patch Pooling: validation (once per call), ``fastfer::patch_pool`` (custom op + fake + autograd) and
+dispatch to the backend the registry chooses (docs/design.md §2.1)."""
 from __future__ import annotations
 
 from typing import NamedTuple, Optional, Sequence
@@ -6,7 +7,8 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
-from fastfer.ops import _backends, _checks
+from fastfer.ops import _checks, lowering
+from fastfer.ops.backends import registry as backends
 from fastfer.ops.reference import PATCH_SCORES
 
 
@@ -43,15 +45,21 @@ def _is_channels_last(x: Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
+def _call(t: Tensor) -> backends.Call:
+    return backends.Call("patch_pool", t.device, t.dtype)
+
+
+def _dims(x: Tensor) -> tuple[int, int]:
+    """(N, C) of a (B, C, H, W) map or (B, N, C) tokens."""
+    return (x.shape[2] * x.shape[3], x.shape[1]) if x.dim() == 4 else (x.shape[1], x.shape[2])
+
+
 @torch.library.custom_op("fastfer::patch_pool", mutates_args=())
-def _patch_pool_op(
-    x: Tensor, k: int, pos: Optional[Tensor], score: str, backend: Optional[str]
-) -> tuple[Tensor, Tensor, Tensor]:
-    B, N, C = _validate(x, k, pos, score)
-    if B == 0:
-        return _empty_outputs(x, k, N, C)
-    call = _backends.Call("patch_pool", x.device, x.dtype)
-    return tuple(_backends.select(call, backend).load().patch_pool(x, k, pos, score))
+def _patch_pool_op(x: Tensor, k: int, pos: Optional[Tensor], score: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns (tokens, index, scores). Arguments were validated by the public :func:`patch_pool`."""
+    if x.shape[0] == 0:
+        return _empty_outputs(x, k, *_dims(x))
+    return tuple(backends.select(_call(x)).load().patch_pool(x, k, pos, score))
 
 
 def _empty_outputs(x: Tensor, k: int, N: int, C: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -64,9 +72,8 @@ def _empty_outputs(x: Tensor, k: int, N: int, C: int) -> tuple[Tensor, Tensor, T
 
 
 @_patch_pool_op.register_fake
-def _patch_pool_fake(x, k, pos, score, backend):
-    _, N, C = _validate(x, k, pos, score)
-    return _empty_outputs(x, k, N, C)
+def _patch_pool_fake(x, k, pos, score):
+    return _empty_outputs(x, k, *_dims(x))
 
 
 @torch.library.custom_op("fastfer::patch_pool_backward", mutates_args=())
@@ -76,13 +83,13 @@ def _patch_pool_backward_op(
     x_shape: Sequence[int],
     channels_last: bool,
     pos_dtype: Optional[torch.dtype],
-    backend: Optional[str],
+    backend: str,
 ) -> tuple[Tensor, Tensor]:
-    """Returns (grad_x shaped like x, grad_pos (N, C) or an empty tensor when pos was None)."""
+    """Returns (grad_x shaped like x, grad_pos (N, C) or an empty tensor when pos was None); ``backend`` is the
+    name of the backend that ran the forward."""
     if grad_tokens.shape[0] == 0:
         return _backward_outputs(grad_tokens, x_shape, channels_last, pos_dtype, zero=True)
-    call = _backends.Call("patch_pool", grad_tokens.device, grad_tokens.dtype)
-    impl = _backends.select(call, backend).load()
+    impl = backends.get(backend).load()
     grad_x, grad_pos = impl.patch_pool_backward(grad_tokens, index, tuple(x_shape), channels_last, pos_dtype)
     return grad_x, grad_pos if grad_pos is not None else grad_tokens.new_empty(0)
 
@@ -104,14 +111,14 @@ def _patch_pool_backward_fake(grad_tokens, index, x_shape, channels_last, pos_dt
 
 
 def _setup_context(ctx, inputs, output):
-    x, _, pos, _, backend = inputs
+    x, _, pos, _ = inputs
     _, index, scores = output
     ctx.save_for_backward(index)
     ctx.mark_non_differentiable(index, scores)
     ctx.x_shape = tuple(x.shape)
     ctx.channels_last = _is_channels_last(x)
     ctx.pos_dtype = pos.dtype if pos is not None else None
-    ctx.backend = backend
+    ctx.backend = backends.select(_call(x)).name  # memoised: the choice the forward made
 
 
 def _backward(ctx, grad_tokens, _grad_index, _grad_scores):
@@ -119,7 +126,7 @@ def _backward(ctx, grad_tokens, _grad_index, _grad_scores):
     grad_x, grad_pos = _patch_pool_backward_op(
         grad_tokens.contiguous(), index, ctx.x_shape, ctx.channels_last, ctx.pos_dtype, ctx.backend
     )
-    return grad_x, None, (grad_pos if ctx.pos_dtype is not None else None), None, None
+    return grad_x, None, (grad_pos if ctx.pos_dtype is not None else None), None
 
 
 _patch_pool_op.register_autograd(_backward, setup_context=_setup_context)
@@ -136,7 +143,9 @@ def patch_pool(
         pos: optional (N, C) position embedding added to the kept tokens (APViT adds it before selection;
             gathering it after is the same and cheaper).
         score: per-position score over channels: ``l1`` Σ|x| (APViT), ``sum``, ``l2`` Σx², ``max``, ``max_abs``.
-        backend: ``triton``, ``cuda``, ``cpu``, ``torch`` or None (automatic; see ``fastfer.ops.backends()``).
+        backend: run this call on ``triton``, ``cuda``, ``cpu`` or ``torch`` (default: the pinned backend, else
+            automatic; see ``fastfer.ops.backends()``). Inside ``torch.compile`` pin with
+            ``fastfer.ops.use_backend`` around the compiled call instead.
 
     Returns:
         ``PatchPoolOutput(tokens (B, k, C) in x.dtype, index (B, k) int64 ascending, scores (B, N) fp32)``.
@@ -144,4 +153,10 @@ def patch_pool(
         (scattered into the kept positions) and pos (summed over the batch), never the scores.
     """
     _validate(x, k, pos, score)
-    return PatchPoolOutput(*_patch_pool_op(x, k, pos, score, backend))
+    if lowering.active() is not None:
+        return PatchPoolOutput(*lowering.patch_pool_reference(x, k, pos, score, lowering.active()))
+    if backend is not None:
+        _checks.per_call_backend(backend)
+        with backends.use_backend(backend):
+            return PatchPoolOutput(*_patch_pool_op(x, k, pos, score))
+    return PatchPoolOutput(*_patch_pool_op(x, k, pos, score))

@@ -1,5 +1,5 @@
-"""Attentive Token Pooling attention op: validation, ``fastfer::token_pool_attention`` (custom_op + fake +
-autograd), dispatch."""
+"""Attentive Token Pooling attention: validation (once per call), ``fastfer::token_pool_attention`` (custom op +
+fake + autograd) and dispatch to the backend the registry chooses (docs/design.md §2.2)."""
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -7,8 +7,11 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from fastfer.ops import _backends, _checks
+from fastfer.ops import _checks, lowering
+from fastfer.ops.backends import registry as backends
 from fastfer.ops.reference import CLS_SCORES
+
+OP = "token_pool_attention"
 
 
 class TokenPoolOutput(NamedTuple):
@@ -17,8 +20,8 @@ class TokenPoolOutput(NamedTuple):
     cls_scores: Tensor  # (B, N) float32
 
 
-def _validate(qkv: Tensor, keep: Optional[int], scale: Optional[float], score: str) -> tuple[int, int, int, int]:
-    """Check the arguments of token_pool_attention; returns (B, N, H, D)."""
+def _validate(qkv: Tensor, keep: Optional[int], scale: Optional[float], score: str) -> Optional[float]:
+    """Check the arguments of token_pool_attention; returns the checked scale."""
     _checks.tensor("qkv", qkv)
     _checks.rank("qkv", qkv, (5,), "(B, N, 3, H, D) packed qkv")
     B, N, three, H, D = qkv.shape
@@ -33,9 +36,14 @@ def _validate(qkv: Tensor, keep: Optional[int], scale: Optional[float], score: s
         if N < 2:
             raise ValueError(f"keep: expected None for a single token (N=1), got {keep}")
         _checks.integer("keep", keep, 1, N - 1, f"non-CLS tokens kept out of N-1={N - 1}")
-    _checks.finite_scale(scale)
     _checks.choice("score", score, CLS_SCORES)
-    return B, N, H, D
+    return _checks.finite_scale(scale)
+
+
+def _call(qkv: Tensor) -> backends.Call:
+    D = qkv.shape[-1]
+    # A symbolic D (torch.compile with dynamic shapes) was already checked against the limit by _validate.
+    return backends.Call(OP, qkv.device, qkv.dtype, head_dim=D if isinstance(D, int) else None)
 
 
 def _outputs(qkv: Tensor, keep: Optional[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -51,34 +59,30 @@ def _outputs(qkv: Tensor, keep: Optional[int]) -> tuple[Tensor, Tensor, Tensor, 
 
 
 @torch.library.custom_op("fastfer::token_pool_attention", mutates_args=())
-def _token_pool_op(
-    qkv: Tensor, keep: Optional[int], scale: Optional[float], score: str, backend: Optional[str]
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Returns (out, index, cls_scores, lse); lse (B, H, M) is the natural-log softmax normaliser of each
-    kept row (fp32; fp64 for fp64 inputs), saved for the backward pass."""
-    B, N, H, D = _validate(qkv, keep, scale, score)
-    if B == 0:
+def _token_pool_op(qkv: Tensor, keep: Optional[int], scale: Optional[float], score: str
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns (out, index, cls_scores, lse); lse (B, H, M) is the natural-log softmax normaliser of each kept
+    row (fp32; fp64 for fp64 inputs), saved for the backward pass. Arguments were validated by the public
+    :func:`token_pool_attention` (call that, not this op)."""
+    if qkv.shape[0] == 0:
         return _outputs(qkv, keep)
-    scale = D**-0.5 if scale is None else scale
-    call = _backends.Call("token_pool_attention", qkv.device, qkv.dtype, head_dim=D)
-    return tuple(_backends.select(call, backend).load().token_pool_attention(qkv, keep, scale, score))
+    scale = qkv.shape[-1] ** -0.5 if scale is None else scale
+    return tuple(backends.select(_call(qkv)).load().token_pool_attention(qkv, keep, scale, score))
 
 
 @_token_pool_op.register_fake
-def _token_pool_fake(qkv, keep, scale, score, backend):
-    _validate(qkv, keep, scale, score)
+def _token_pool_fake(qkv, keep, scale, score):
     return _outputs(qkv, keep)
 
 
 @torch.library.custom_op("fastfer::token_pool_attention_backward", mutates_args=())
-def _token_pool_backward_op(
-    grad_out: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, index: Tensor, scale: float, backend: Optional[str]
-) -> Tensor:
-    """d(qkv) (B, N, 3, H, D) for the kept query rows against all N keys; dropped query rows get zero."""
+def _token_pool_backward_op(grad_out: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, index: Tensor, scale: float,
+                            backend: str) -> Tensor:
+    """d(qkv) (B, N, 3, H, D) for the kept query rows against all N keys; dropped query rows get zero.
+    ``backend`` is the name of the backend that ran the forward (recorded by the autograd context)."""
     if qkv.shape[0] == 0:
         return torch.zeros_like(qkv, memory_format=torch.contiguous_format)
-    call = _backends.Call("token_pool_attention", qkv.device, qkv.dtype, head_dim=qkv.shape[-1])
-    impl = _backends.select(call, backend).load()
+    impl = backends.get(backend).load()
     return impl.token_pool_attention_backward(grad_out, qkv, out, lse, index, scale)
 
 
@@ -88,18 +92,18 @@ def _token_pool_backward_fake(grad_out, qkv, out, lse, index, scale, backend):
 
 
 def _setup_context(ctx, inputs, output):
-    qkv, _, scale, _, backend = inputs
+    qkv, _, scale, _ = inputs
     out, index, scores, lse = output
     ctx.save_for_backward(qkv, out, lse, index)
     ctx.mark_non_differentiable(index, scores, lse)
     ctx.scale = qkv.shape[-1] ** -0.5 if scale is None else scale
-    ctx.backend = backend
+    ctx.backend = backends.select(_call(qkv)).name  # memoised: the choice the forward made
 
 
 def _backward(ctx, grad_out, _grad_index, _grad_scores, _grad_lse):
     qkv, out, lse, index = ctx.saved_tensors
     dqkv = _token_pool_backward_op(grad_out.contiguous(), qkv, out, lse, index, ctx.scale, ctx.backend)
-    return dqkv, None, None, None, None
+    return dqkv, None, None, None
 
 
 _token_pool_op.register_autograd(_backward, setup_context=_setup_context)
@@ -121,7 +125,9 @@ def token_pool_attention(
         scale: logit scale, default D**-0.5.
         score: CLS-row score over heads: ``logit_sum`` Σ_h scale·q₀·kⱼ before softmax (APViT) or
             ``prob_mean`` mean_h softmax row (EViT).
-        backend: ``triton``, ``cuda``, ``cpu``, ``torch`` or None (automatic; see ``fastfer.ops.backends()``).
+        backend: run this call on ``triton``, ``cuda``, ``cpu`` or ``torch`` (default: the pinned backend, else
+            automatic; see ``fastfer.ops.backends()``). Inside ``torch.compile`` pin with
+            ``fastfer.ops.use_backend`` around the compiled call instead.
 
     Returns:
         ``TokenPoolOutput(out (B, M, H·D), index (B, M) int64, cls_scores (B, N) fp32)`` with M = 1 + keep
@@ -131,6 +137,15 @@ def token_pool_attention(
         projection is per token, gather(x + proj(attn)) == gather(x) + proj(out). Selection: highest scores
         win, ties go to the lower position, NaN ranks lowest. Gradients flow to qkv, not through the scores.
     """
-    _validate(qkv, keep, scale, score)
-    out, index, cls_scores, _lse = _token_pool_op(qkv, keep, _checks.finite_scale(scale), score, backend)
+    scale = _validate(qkv, keep, scale, score)
+    if lowering.active() is not None:
+        out, index, cls_scores, _ = lowering.token_pool_attention_reference(qkv, keep, scale, score,
+                                                                            lowering.active())
+        return TokenPoolOutput(out, index, cls_scores)
+    if backend is not None:
+        _checks.per_call_backend(backend)
+        with backends.use_backend(backend):
+            out, index, cls_scores, _lse = _token_pool_op(qkv, keep, scale, score)
+    else:
+        out, index, cls_scores, _lse = _token_pool_op(qkv, keep, scale, score)
     return TokenPoolOutput(out, index, cls_scores)

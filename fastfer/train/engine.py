@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastfer import ops
 from fastfer.train import checkpoint as ckpt
 from fastfer.train import distributed as dist_utils
 from fastfer.train.data import (Augmented, build_splits, describe_counts, eval_loader, make_sampler,
@@ -68,12 +69,10 @@ class Trainer:
     def _build_model(self, num_classes: int, label_names) -> nn.Module:
         from fastfer.models import create_model
 
-        ckpt.register_models()
         kwargs = dict(self.cfg.model_kwargs)
         if self.cfg.text_encoder:
             kwargs["text_encoder"] = self.cfg.text_encoder
-        model = create_model(self.cfg.model, num_classes=num_classes, label_names=list(label_names),
-                             backend=self.cfg.backend, **kwargs)
+        model = create_model(self.cfg.model, num_classes=num_classes, label_names=list(label_names), **kwargs)
         return model
 
     def _build_data(self, image_size: int, mean, std) -> None:
@@ -103,7 +102,14 @@ class Trainer:
 
     # --- the run ------------------------------------------------------------------------------------------------
     def run(self) -> dict:
-        """Train every stage, evaluate the test split, write the run folder. Returns the summary dict."""
+        """Train every stage, evaluate the test split, write the run folder. Returns the summary dict.
+
+        The op backend is pinned to ``cfg.backend`` for the whole run (None: the process's pin, else automatic).
+        """
+        with ops.use_backend(self.cfg.backend) if self.cfg.backend else contextlib.nullcontext():
+            return self._run()
+
+    def _run(self) -> dict:
         t_start = time.perf_counter()
         self._setup()
         cfg, main = self.cfg, self.main
@@ -145,7 +151,7 @@ class Trainer:
         # the model's registered pretrained_cfg, overridden by img_size / --set input_size.
         import timm
 
-        ckpt.register_models()
+        import fastfer.models  # noqa: F401 — registers every fastfer model with timm
         pcfg = timm.models.get_pretrained_cfg(cfg.model)
         if pcfg is None:
             raise ValueError(f"model: {cfg.model!r} is not a registered model (fastfer: apvit, apvit_tiny, "
@@ -172,7 +178,7 @@ class Trainer:
 
     def _init_weights(self, model: nn.Module) -> None:
         """Load each ``init_weights`` file (a partial fastfer state_dict) into the fresh model."""
-        from fastfer.models.convert import load_partial
+        from fastfer.models.weights import load_partial
 
         for path in self.cfg.init_weights:
             left = load_partial(model, path)

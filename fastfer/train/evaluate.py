@@ -93,6 +93,55 @@ def report_from_predictions(pred: dict[str, torch.Tensor], label_names) -> dict:
     return report
 
 
+def evaluate_checkpoint(checkpoint, data: Optional[str] = None, split: str = "test", data_kwargs: Optional[dict] = None,
+                        batch_size: int = 128, amp: str = "auto", device: str = "auto", workers: Optional[int] = None,
+                        threads: Optional[int] = None, out_dir=None) -> tuple[dict, list[str], list[str]]:
+    """Evaluate a trained checkpoint on a dataset split (the checkpoint's own dataset unless ``data``).
+
+    Returns ``(report, written paths, notes)``; report holds the metrics plus ``checkpoint``, ``data``, ``split``,
+    ``model`` and ``eval_time_s``. Raises ValueError when the dataset's classes differ from the checkpoint's.
+    """
+    import time
+    from pathlib import Path
+
+    from fastfer.models.weights import load_model
+    from fastfer.train.data import Augmented, build_eval_split, eval_loader, make_transforms
+    from fastfer.train.metrics import write_report
+    from fastfer.train.runtime import amp_dtype, default_run_dir, pick_device, pick_threads, pick_workers
+
+    dev = pick_device(device)
+    torch.set_num_threads(pick_threads(threads, dev))
+    model, meta = load_model(checkpoint)
+    model.to(dev)
+    pre = meta.get("preprocessing", {})
+    size = int(pre.get("input_size", [3, 112, 112])[-1])
+    spec = data or meta.get("data")
+    if not spec:
+        raise ValueError("data: required (the checkpoint does not name its dataset)")
+    n_workers = pick_workers(workers, dev)
+    dataset, alignment = build_eval_split(spec, split, dict(data_kwargs or {}), size, n_workers,
+                                          num_classes=meta["num_classes"])
+    names = list(meta["label_names"])
+    if list(dataset.label_names) != names:
+        raise ValueError(f"data: the dataset's classes {list(dataset.label_names)} differ from the checkpoint's "
+                         f"{names}; pass reader options (e.g. --set data_kwargs.num_classes={len(names)})")
+    notes = []
+    if pre.get("alignment") and pre["alignment"] != alignment:
+        notes.append(f"the checkpoint was trained on faces with alignment '{pre['alignment']}', this data has "
+                     f"'{alignment}'")
+    tf = make_transforms(pre.get("test_transform", "light"), size, pre.get("mean"), pre.get("std"), train=False)
+    loader = eval_loader(Augmented(dataset, tf), batch_size, n_workers)
+    t0 = time.perf_counter()
+    pred = predict_loader(model, loader, dev, amp_dtype(amp, dev))
+    report = report_from_predictions(pred, names)
+    report.update(checkpoint=str(checkpoint), data=spec, split=split, model=meta["model"],
+                  eval_time_s=time.perf_counter() - t0)
+    out = Path(out_dir) if out_dir else default_run_dir("eval-")
+    paths = write_report(report, out, prefix=split,
+                         title=f"{meta['model']} on {spec} {split} — accuracy {report['accuracy']:.1%}")
+    return report, [str(p) for p in paths], notes
+
+
 def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """Normalised (B, 3, H, W) → RGB in [0, 1]."""
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)

@@ -257,6 +257,33 @@ def resolve_config(recipe: Optional[str] = None, model: Optional[str] = None, ov
     return cfg
 
 
+RUNTIME_KEYS = ("device", "workers", "threads")  # may change on resume without changing the result
+
+
+def resume_config(run_dir, overrides: Optional[dict] = None) -> tuple[TrainConfig, list[str]]:
+    """The config a run folder saved (``config.json``), with only the runtime keys of ``overrides`` applied (a
+    resumed run replays the saved one exactly). Returns (config, the override keys ignored)."""
+    from pathlib import Path
+
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"resume: {run_dir} holds no config.json; expected a run folder written by fastfer train")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"resume: {path} is not valid JSON ({exc})") from None
+    overrides = overrides or {}
+    saved.update({k: overrides[k] for k in RUNTIME_KEYS if k in overrides})
+    saved["betas"] = tuple(saved.get("betas", (0.9, 0.999)))
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise ValueError(f"resume: {path}: unknown key(s) {unknown}")
+    cfg = TrainConfig(**saved)
+    validate(cfg)
+    return cfg, sorted(k for k in overrides if k not in RUNTIME_KEYS)
+
+
 def validate(cfg: TrainConfig) -> None:
     """Check the choices and ranges; errors name the field, the expected and the actual value."""
     def choice(name: str, value: Any, options: tuple) -> None:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fastfer.data.labels import (
+from fastfer.labels import (
     EXPRESSIONS,
     NATIVE_ORDERS,
     UnknownLabelError,

@@ -6,6 +6,8 @@ official-forward transcription on the same weights; several tests read from it.
 import pytest
 import torch
 
+import fastfer
+
 from tests.models.official_apvit import official_forward, randomize_, to_official
 
 
@@ -31,9 +33,9 @@ def paper_case():
     torch.set_num_threads(1)
     try:
         torch.manual_seed(0)
-        model = randomize_(timm.create_model("apvit", backend="torch")).eval()
+        model = randomize_(timm.create_model("apvit")).eval()
         x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(1))
-        with torch.no_grad():
+        with torch.no_grad(), fastfer.use_backend("torch"):
             tokens, details = model.forward_features(x, return_details=True)
             logits = model.forward_head(tokens)
             official = to_official(model.state_dict())

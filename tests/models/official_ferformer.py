@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastfer.data.labels import EXPRESSIONS, NATIVE_ORDERS, order_map
+from fastfer.labels import EXPRESSIONS, NATIVE_ORDERS, order_map
 
 OFFICIAL_LABELS = NATIVE_ORDERS["fer_former"]
 STAGE_UNITS = (3, 4, 14, 3)

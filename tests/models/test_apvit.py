@@ -2,15 +2,17 @@
 import pytest
 import timm
 import torch
+
+import fastfer
 import torch.nn.functional as F
 
 import fastfer.models  # noqa: F401  (registers apvit / apvit_tiny with timm)
 from fastfer.models import APViT, create_model
 from fastfer.models.apvit import APVIT_TINY_CONFIG
-from fastfer.models.convert import EXPRESSIONS
+from fastfer.labels import EXPRESSIONS
 from tests.models.official_apvit import APVIT_TO_CANONICAL, TINY, official_forward, randomize_, to_official
 
-pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+pytestmark = [pytest.mark.usefixtures("one_intra_op_thread"), pytest.mark.backend("torch")]
 
 
 def test_paper_config_parameter_count_and_token_plan():
@@ -62,7 +64,7 @@ def _tiny(seed=0, **kwargs):
 
 
 def test_tiny_variant_equals_transcription_too():
-    model = _tiny(backend="torch")
+    model = _tiny()
     x = torch.randn(3, 3, 112, 112)
     with torch.no_grad():
         logits = model(x)
@@ -74,14 +76,14 @@ def test_tiny_variant_equals_transcription_too():
 
 def test_triton_backend_matches_torch_logits_and_indices():
     """Tolerance rule (kernels.md §7): |triton − fp64| ≤ 2·|torch fp32 − fp64| + 1e-5; identical kept indices."""
-    model = _tiny(backend="torch")
+    model = _tiny()
     x = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
         ref64 = model.double()(x.double())
         model.float()
         out_torch, det_torch = model.forward_features(x, return_details=True)
-        model.set_backend("triton")
-        out_triton, det_triton = model.forward_features(x, return_details=True)
+        with fastfer.use_backend("triton"):
+            out_triton, det_triton = model.forward_features(x, return_details=True)
         logits_torch, logits_triton = model.forward_head(out_torch), model.forward_head(out_triton)
     base = (logits_torch.double() - ref64).abs().max().item()
     err = (logits_triton.double() - ref64).abs().max().item()
@@ -95,7 +97,7 @@ def test_triton_backend_matches_torch_logits_and_indices():
 def test_batch_equal_to_token_count_still_pools(batch):
     """The official code skips pruning when B equals the block's token count (161, 145, …); fastfer does not.
     Here APP keeps 16 so the pooling blocks see 17 then 15 tokens; B takes each of those values."""
-    model = create_model("apvit_tiny", patch_keep=16, backend="torch").eval()
+    model = create_model("apvit_tiny", patch_keep=16).eval()
     with torch.no_grad():
         tokens, details = model.forward_features(torch.randn(batch, 3, 112, 112), return_details=True)
     assert [idx.shape[1] for idx in details["block_index"]] == [17, 17, 15, 13]
@@ -103,7 +105,7 @@ def test_batch_equal_to_token_count_still_pools(batch):
 
 
 def test_model_contract():
-    model = create_model("apvit_tiny", num_classes=5, backend="torch").eval()
+    model = create_model("apvit_tiny", num_classes=5).eval()
     x = torch.randn(2, 3, 112, 112)
     assert model.num_classes == 5 and model.num_features == model.head_hidden_size == 128
     assert model.get_classifier() is model.head and model.label_names is None
@@ -126,7 +128,7 @@ def test_model_contract():
         model.reset_classifier(7, "avg")
         assert model.label_names == EXPRESSIONS[:7] and (model.head.weight == 0).all()
         torch.testing.assert_close(model.forward_head(tokens, pre_logits=True), tokens[:, 1:].mean(1))
-    unpooled = create_model("apvit_tiny", num_classes=0, global_pool="", backend="torch").eval()
+    unpooled = create_model("apvit_tiny", num_classes=0, global_pool="").eval()
     unpooled.load_state_dict(model.state_dict(), strict=False)
     with torch.no_grad():
         torch.testing.assert_close(unpooled(x), tokens)
@@ -136,13 +138,13 @@ def test_model_contract():
 def test_pretrained_file_overlay_loads_local_weights(tmp_path):
     from safetensors.torch import save_file
 
-    source = _tiny(seed=3, backend="torch")
+    source = _tiny(seed=3)
     path = tmp_path / "tiny.safetensors"
     save_file(source.state_dict(), str(path))
     x = torch.randn(1, 3, 112, 112)
-    loaded = timm.create_model("apvit_tiny", pretrained=True, backend="torch",
+    loaded = timm.create_model("apvit_tiny", pretrained=True,
                                pretrained_cfg_overlay=dict(file=str(path))).eval()
-    same = create_model("apvit_tiny", weights=path, backend="torch").eval()
+    same = create_model("apvit_tiny", weights=path).eval()
     with torch.no_grad():
         expected = source(x)
         assert torch.equal(loaded(x), expected) and torch.equal(same(x), expected)
@@ -178,7 +180,7 @@ def test_torch_compile_matches_eager():
     """Inductor on CPU, one graph: the tiny model cut to 2 blocks (one plain, one pooling) to keep the compile
     at ≈25 s here; every layer kind of the full model (IR units, APP, ATP, head) is in it."""
     torch.manual_seed(1)
-    model = randomize_(create_model("apvit_tiny", depth=2, keep_rates=(1.0, 0.9), backend="torch"), seed=1).eval()
+    model = randomize_(create_model("apvit_tiny", depth=2, keep_rates=(1.0, 0.9)), seed=1).eval()
     x = torch.randn(2, 3, 112, 112)
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
@@ -187,7 +189,7 @@ def test_torch_compile_matches_eager():
 
 def test_training_steps_lower_the_loss():
     torch.manual_seed(0)
-    model = create_model("apvit_tiny", backend="torch").train()
+    model = create_model("apvit_tiny").train()
     x, y = torch.randn(16, 3, 112, 112), torch.randint(0, 7, (16,))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []

@@ -5,14 +5,19 @@ import warnings
 import pytest
 import timm
 import torch
+
+import fastfer
 import torch.nn.functional as F
 
 import fastfer.models.conv_cut  # noqa: F401  (registers conv_cut, conv_cut_tiny)
-from fastfer.data.labels import EXPRESSIONS
+from fastfer.labels import EXPRESSIONS
 from fastfer.models.conv_cut import ConvCut, TokenAttentionPool
-from fastfer.models.convert_convcut import load_convnext_trunk
-from fastfer.ops import _backends
+from fastfer.models.convert.conv_cut import load_convnext_trunk
+from fastfer.ops.backends import registry as _backends
 from tests.ops.helpers import assert_rule
+
+
+pytestmark = pytest.mark.backend("torch")  # the reference; kernel tests pin theirs inside
 
 
 def tiny(**kw) -> ConvCut:
@@ -182,13 +187,12 @@ def _triton_reason():
 
 @pytest.mark.skipif(bool(_triton_reason()), reason=_triton_reason() or "")
 def test_fused_backend_matches_torch_backend():
-    model = tiny(backend="torch").eval()
+    model = tiny().eval()
     x = images(2)
     with torch.no_grad():
         feats = model.forward_features(x)
-        model.set_backend("triton")
-        fused = model.forward_head(feats)
-        model.set_backend("torch")
+        with fastfer.use_backend("triton"):
+            fused = model.forward_head(feats)
         low = model.forward_head(feats)
         ref64 = model.double().forward_head(feats.double())
     assert_rule(fused, ref64, low, "conv_cut_tiny logits, triton vs fp64")
@@ -198,14 +202,13 @@ def test_fused_backend_matches_torch_backend():
 def test_token_attention_at_the_paper_width_256_fused_matches_torch():
     """The paper head: 4 DET tokens of width 256 = one head of dim 256, the fused kernel's maximum."""
     torch.manual_seed(2)
-    pool = TokenAttentionPool(256, backend="torch")
+    pool = TokenAttentionPool(256)
     pool.reset_parameters()
     tokens = torch.randn(3, 4, 256)
     with torch.no_grad():
         low = pool(tokens)
-        pool.backend = "triton"
-        fused = pool(tokens)
-        pool.backend = "torch"
+        with fastfer.use_backend("triton"):
+            fused = pool(tokens)
         ref64 = pool.double()(tokens.double())
         pool.float()
         q, k, v = pool.qkv(tokens).chunk(3, dim=-1)  # the formula of convcut.md §4.2, written out
@@ -230,7 +233,7 @@ def test_training_steps_lower_the_loss():
 
 
 def test_compile_fullgraph_forward_backward_matches_eager():
-    model = tiny(backend="torch").train()
+    model = tiny().train()
     x = images(2)
     eager = model(x)
     eager.sum().backward()

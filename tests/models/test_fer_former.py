@@ -6,15 +6,17 @@ import copy
 import pytest
 import timm
 import torch
+
+import fastfer
 import torch.nn.functional as F
 
 import fastfer.models.fer_former  # noqa: F401  (registers fer_former, fer_former_tiny)
-from fastfer.data.labels import EXPRESSIONS, NATIVE_ORDERS, order_map
-from fastfer.models.convert_ferformer import load_official
+from fastfer.labels import EXPRESSIONS, NATIVE_ORDERS, order_map
+from fastfer.models.convert.fer_former import load_official
 from fastfer.models.fer_former import FerFormerLoss, patchify, symmetric_infonce
 from fastfer.models.irse import IRSE
 from fastfer.models.text_encoder import build_prompts, save_text_embed
-from fastfer.ops import _backends
+from fastfer.ops.backends import registry as _backends
 from tests.models.official_ferformer import (
     _rearrange_patches,
     official_forward,
@@ -37,6 +39,9 @@ class CountingEncoder:
         self.calls += 1
         self.prompts = list(prompts)
         return torch.randn(len(prompts), 512, generator=torch.Generator().manual_seed(self.seed))
+
+
+pytestmark = pytest.mark.backend("torch")  # the reference; kernel tests pin theirs inside
 
 
 def randomize_(model):
@@ -75,9 +80,9 @@ def test_torch_backend_reproduces_the_released_forward():
     """Official weights layout → converter → fastfer (torch backend) equals the transcribed released forward,
     label and similarity logits, rows permuted to the canonical order."""
     enc = CountingEncoder()
-    model = randomize_(tiny(text_token="cls", text_encoder=enc, backend="torch")).eval()
+    model = randomize_(tiny(text_token="cls", text_encoder=enc)).eval()
     official = to_official(model.state_dict(), num_stages=2)
-    fresh = tiny(text_token="cls", backend="torch").eval()
+    fresh = tiny(text_token="cls").eval()
     dropped = load_official(fresh, official)
     assert {"token2.1.weight", "fc1.weight", "vit.pos_embed", "backbone.output_layer.0.weight",
             "backbone.body.7.res_layer.1.weight"} <= set(dropped)
@@ -286,7 +291,7 @@ def test_loss_weights_and_infonce():
 
 @pytest.mark.parametrize("text_loss", ["ce", "infonce"])
 def test_training_steps_lower_the_loss(text_loss, text_file):
-    model = tiny(text_encoder=text_file, backend="torch").train()
+    model = tiny(text_encoder=text_file).train()
     x, y = images(4, seed=4), torch.tensor([0, 3, 5, 6])
     loss_fn = FerFormerLoss(text_loss=text_loss)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)  # D5's documented alternative (faster from scratch)
@@ -309,7 +314,7 @@ def _triton_reason():
 
 @pytest.mark.skipif(bool(_triton_reason()), reason=_triton_reason() or "")
 def test_fused_backend_matches_torch_backend(text_file):
-    model = randomize_(tiny(text_encoder=text_file, backend="torch")).eval()
+    model = randomize_(tiny(text_encoder=text_file)).eval()
     x = images(2)
     def stack(m, t):  # the transformer part, where the fused attention runs
         return m.blocks(torch.cat([m.cls_token.expand(2, -1, -1), m.clip_token.expand(2, -1, -1), t], 1))
@@ -317,9 +322,8 @@ def test_fused_backend_matches_torch_backend(text_file):
     with torch.no_grad():
         tokens = model.forward_tokens(x)
         low = stack(model, tokens)
-        model.set_backend("triton")
-        fused = stack(model, tokens)
-        model.set_backend("torch")
+        with fastfer.use_backend("triton"):
+            fused = stack(model, tokens)
         ref64 = stack(model.double(), tokens.double())
     assert_rule(fused, ref64, low, "fer_former_tiny blocks output, triton vs fp64")
 
@@ -330,17 +334,15 @@ def test_fused_backend_matches_torch_in_a_paper_block(paper_model):
     block = copy.deepcopy(paper_model.blocks[0]).eval()
     x = torch.randn(2, 52, 256, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
-        block.attn.backend = "torch"
         low = block(x)
-        block.attn.backend = "triton"
-        fused = block(x)
-        block.attn.backend = "torch"
+        with fastfer.use_backend("triton"):
+            fused = block(x)
         ref64 = block.double()(x.double())
     assert_rule(fused, ref64, low, "paper block, triton vs fp64")
 
 
 def test_compile_fullgraph_forward_backward_matches_eager(text_file):
-    model = tiny(text_encoder=text_file, backend="torch").train()
+    model = tiny(text_encoder=text_file).train()
     x = images(2)
     eager = model.forward_outputs(x)
     (eager.logits.sum() + eager.text_logits.sum()).backward()

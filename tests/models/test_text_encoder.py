@@ -6,7 +6,7 @@ import types
 import pytest
 import torch
 
-from fastfer.data.labels import EXPRESSIONS
+from fastfer.labels import EXPRESSIONS
 from fastfer.models.text_encoder import (
     OpenClipTextEncoder,
     TensorFileTextEncoder,

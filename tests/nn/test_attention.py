@@ -3,6 +3,8 @@ torch.topk), forward and backward, plus keep-count rules and argument errors."""
 import pytest
 import torch
 
+import fastfer
+
 from fastfer.nn import Attention, TokenPoolAttention, keep_count
 from tests.nn import oracle
 from tests.ops.helpers import assert_rule
@@ -58,32 +60,37 @@ def _check(module, x, dtype, keep, pooled, score="logit_sum"):
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_attention_matches_plain_composition(backend, dtype):
     torch.manual_seed(0)
-    module = Attention(DIM, HEADS, qkv_bias=True, backend=backend)
-    _check(module, torch.randn(2, N, DIM), dtype, None, pooled=False)
+    module = Attention(DIM, HEADS, qkv_bias=True)
+    with fastfer.use_backend(backend):
+        _check(module, torch.randn(2, N, DIM), dtype, None, pooled=False)
     assert module.last_scores.shape == (2, N) and module.last_scores.dtype == torch.float32
 
 
 @pytest.mark.parametrize("score", ["logit_sum", "prob_mean"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.backend("torch")
 def test_token_pool_attention_matches_plain_composition(score, dtype):
     torch.manual_seed(0)
-    module = TokenPoolAttention(DIM, HEADS, keep_rate=0.5, score=score, qkv_bias=True, backend="torch")
+    module = TokenPoolAttention(DIM, HEADS, keep_rate=0.5, score=score, qkv_bias=True)
     torch.nn.init.normal_(module.qkv.weight, std=0.3)  # peaked CLS row: clear margins between scores
     _check(module, torch.randn(3, N, DIM), dtype, keep=6, pooled=True, score=score)
     assert module.last_index.shape == (3, 7) and module.last_scores.shape == (3, N)
 
 
+@pytest.mark.backend("triton")
 def test_token_pool_attention_triton_backend_and_exact_keep():
     torch.manual_seed(0)
-    module = TokenPoolAttention(DIM, HEADS, keep=4, score="prob_mean", qkv_bias=True, backend="triton")
+    module = TokenPoolAttention(DIM, HEADS, keep=4, score="prob_mean", qkv_bias=True)
     torch.nn.init.normal_(module.qkv.weight, std=0.3)
     _check(module, torch.randn(2, N, DIM), torch.float32, keep=4, pooled=True, score="prob_mean")
 
 
-def test_no_pooling_returns_no_index():
-    module = TokenPoolAttention(DIM, HEADS, keep_rate=1.0, backend="torch")
+@pytest.mark.backend("torch")
+def test_no_pooling_returns_every_index():
+    module = TokenPoolAttention(DIM, HEADS, keep_rate=1.0)
+    assert not module.pools
     y, index = module(torch.randn(2, N, DIM))
-    assert y.shape == (2, N, DIM) and index is None
+    assert y.shape == (2, N, DIM) and torch.equal(index, torch.arange(N).expand(2, N))
     assert torch.equal(module.last_index, torch.arange(N).expand(2, N))
 
 

@@ -11,6 +11,9 @@ from tests.ops.helpers import assert_rule
 DIM, HEADS, N = 48, 3, 17
 
 
+pytestmark = pytest.mark.backend("torch")
+
+
 def _plain_block(block, x, keep, score):
     """The block's math in x.dtype from its weights, without fastfer."""
     p = {k: v.to(x.dtype) for k, v in block.state_dict().items()}
@@ -29,7 +32,7 @@ def _plain_block(block, x, keep, score):
 def test_pooling_block_matches_plain_block(keep_rate, score, rule, dtype):
     torch.manual_seed(0)
     block = PoolingBlock(DIM, HEADS, mlp_ratio=2.0, qkv_bias=True, keep_rate=keep_rate, score=score,
-                         backend="torch", keep_rule=rule).eval()
+                         keep_rule=rule).eval()
     torch.nn.init.normal_(block.attn.qkv.weight, std=0.3)
     x = torch.randn(2, N, DIM)
     keep = oracle.keep_tokens(N, keep_rate, rule)
@@ -42,7 +45,7 @@ def test_pooling_block_matches_plain_block(keep_rate, score, rule, dtype):
 
 def test_pooling_block_backward_reaches_every_parameter():
     torch.manual_seed(0)
-    block = PoolingBlock(DIM, HEADS, qkv_bias=True, keep_rate=0.5, backend="torch")
+    block = PoolingBlock(DIM, HEADS, qkv_bias=True, keep_rate=0.5)
     x = torch.randn(2, N, DIM, requires_grad=True)
     block(x).square().sum().backward()
     missing = [n for n, p in block.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -67,7 +70,7 @@ def test_kept_positions_composes_layers():
 
 def test_kept_positions_from_blocks_track_original_patches():
     torch.manual_seed(0)
-    blocks = torch.nn.Sequential(*[PoolingBlock(DIM, HEADS, keep_rate=r, backend="torch") for r in (None, 0.5, 0.5)])
+    blocks = torch.nn.Sequential(*[PoolingBlock(DIM, HEADS, keep_rate=r) for r in (None, 0.5, 0.5)])
     blocks(torch.randn(2, N, DIM))
     # last_index of a block that keeps everything is 0..N-1, so it composes as the identity
     positions = kept_positions([b.attn.last_index for b in blocks])

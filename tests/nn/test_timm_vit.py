@@ -14,6 +14,9 @@ from tests.ops.helpers import assert_rule
 DIM, HEADS, N = 64, 4, 11
 
 
+pytestmark = pytest.mark.backend("torch")
+
+
 def _timm_attention(**kw):
     torch.manual_seed(0)
     try:
@@ -29,12 +32,12 @@ def test_fused_attention_matches_timm(features):
         if isinstance(m, nn.LayerNorm):
             nn.init.normal_(m.weight, 1.0, 0.3)
             nn.init.normal_(m.bias, 0.0, 0.3)
-    fused = FusedViTAttention(attn, backend="torch")
+    fused = FusedViTAttention(attn)
     assert fused.qkv is attn.qkv and fused.proj is attn.proj and fused.q_norm is attn.q_norm
     assert list(fused.state_dict()) == list(attn.state_dict())
     x = torch.randn(2, N, DIM)
     y, index = fused(x)
-    assert index is None
+    assert not fused.pools and torch.equal(index, torch.arange(N).expand(2, N))  # every token kept
     assert_rule(y, copy.deepcopy(attn).double()(x.double()), attn(x), "FusedViTAttention vs timm Attention")
 
 
@@ -43,7 +46,7 @@ def test_fused_block_matches_timm_block_in_train_mode():
     torch.manual_seed(0)
     block = TimmBlock(DIM, HEADS, qkv_bias=True, init_values=0.5, drop_path=0.5, proj_drop=0.0).train()
     ref = copy.deepcopy(block)
-    fused = FusedViTBlock(block, backend="torch")
+    fused = FusedViTBlock(block)
     assert fused.training
     x = torch.randn(8, N, DIM)
     torch.manual_seed(1)
@@ -59,7 +62,7 @@ def test_fused_block_matches_timm_block_in_train_mode():
 
 
 def test_fused_block_rejects_masks():
-    fused = FusedViTBlock(TimmBlock(DIM, HEADS), backend="torch")
+    fused = FusedViTBlock(TimmBlock(DIM, HEADS))
     with pytest.raises(ValueError, match="attn_mask / is_causal: not supported"):
         fused(torch.randn(1, N, DIM), attn_mask=torch.zeros(N, N))
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import fastfer
-from fastfer.ops import _ext, reference
+from fastfer.ops import reference
+from fastfer.ops.backends.ext import build as _ext
 from tests.ops.helpers import (
     assert_rule, check_selection, cls_scores64, eager_attend, eager_cls_scores, eager_patch_pool, rule_error,
 )
@@ -44,7 +45,8 @@ def check_token_pool(backend, qkv, keep, score, scale=None):
     """token_pool_attention on ``backend`` against the reference by the tolerance rule; returns (out, index)."""
     B, N, _, H, D = qkv.shape
     scale = D**-0.5 if scale is None else scale
-    out, index, scores, lse = torch.ops.fastfer.token_pool_attention(qkv, keep, scale, score, backend)
+    with fastfer.use_backend(backend):
+        out, index, scores, lse = torch.ops.fastfer.token_pool_attention(qkv, keep, scale, score)
     s64 = cls_scores64(qkv, scale, score)
     low_scores = eager_cls_scores(qkv, scale, score)
     assert_rule(scores, s64, low_scores, f"{backend} cls_scores {score}")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastfer
-from fastfer.ops import _backends
+from fastfer.ops.backends import registry as _backends
 
 
 def _call(dtype=torch.float32, device="cpu"):
@@ -27,7 +27,7 @@ def test_table_lists_every_backend_with_reasons():
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
 def test_triton_runs_in_this_session_not_skipped(device):
     """CI must exercise the Triton kernels (on CPU through the interpreter)."""
-    assert fastfer.ops._backends.get("triton").not_supported_reasons(_call(device=device.type)) == []
+    assert _backends.get("triton").not_supported_reasons(_call(device=device.type)) == []
 
 
 def test_automatic_choice_skips_interpreter_on_cpu_and_prefers_fused_on_cuda():
@@ -41,10 +41,49 @@ def test_per_call_beats_pinned_beats_env(monkeypatch):
     assert fastfer.ops.get_backend() == "torch"
     with fastfer.ops.use_backend("triton"):
         assert fastfer.ops.get_backend() == "triton"
-        assert _backends.select(_call(), "torch").name == "torch"
+        assert _backends.select(_call()).name == "triton"
+        with fastfer.ops.use_backend("torch"):  # what a per-call backend= does inside the op function
+            assert _backends.select(_call()).name == "torch"
     assert fastfer.ops.get_backend() == "torch"
     monkeypatch.setenv("FASTFER_BACKEND", "auto")
     assert fastfer.ops.get_backend() is None
+
+
+def test_choice_is_memoised_and_forgotten_when_a_record_changes():
+    call = _call()
+    first = _backends.select(call)
+    assert _backends.select(call) is first
+    key = [k for k in _backends._choices if k[0] == call]
+    assert key, "select() should memoise its choice"
+    _backends.register(_backends.get("torch"))  # re-registering any record invalidates the memo
+    assert not [k for k in _backends._choices if k[0] == call]
+
+
+def test_backward_runs_on_the_backend_the_forward_chose(monkeypatch):
+    """The autograd context records the forward's choice; a pin changed before backward does not move it."""
+    calls = []
+    torch_impl = _backends.get("torch").load()
+    original = torch_impl.token_pool_attention_backward
+
+    def spy(*args):
+        calls.append("torch")
+        return original(*args)
+
+    monkeypatch.setattr(torch_impl, "token_pool_attention_backward", spy)
+    qkv = torch.randn(2, 9, 3, 2, 8, requires_grad=True)
+    with fastfer.ops.use_backend("torch"):
+        out = fastfer.token_pool_attention(qkv, 4).out
+    with fastfer.ops.use_backend("triton"):  # the interpreter would run if backward re-selected
+        out.sum().backward()
+    assert calls == ["torch"] and qkv.grad is not None
+
+
+def test_per_call_backend_is_refused_inside_compile():
+    def f(qkv):
+        return fastfer.token_pool_attention(qkv, None, backend="torch").out
+
+    with pytest.raises(Exception, match="per-call backend does not work inside torch.compile"):
+        torch.compile(f, backend="eager", fullgraph=True)(torch.randn(1, 5, 3, 1, 8))
 
 
 def test_set_backend_validates_names(monkeypatch):
@@ -57,8 +96,8 @@ def test_set_backend_validates_names(monkeypatch):
 
 
 def test_forced_backend_that_cannot_run_lists_every_backend():
-    with pytest.raises(_backends.BackendUnavailable) as info:
-        _backends.select(_call(torch.float64), "triton")
+    with pytest.raises(_backends.BackendUnavailable) as info, fastfer.ops.use_backend("triton"):
+        _backends.select(_call(torch.float64))
     text = str(info.value)
     assert text.startswith("fastfer: token_pool_attention(device=cpu, dtype=torch.float64, head_dim=16)")
     for name in (row["name"] for row in fastfer.ops.backends()):

@@ -1,4 +1,4 @@
-"""The extension loader (fastfer/ops/_ext.py): no compile at import or during automatic choice, reuse of
+"""The extension loader (fastfer/ops/backends/ext/build.py): no compile at import or during automatic choice, reuse of
 prebuilt and cached builds, the JIT build's lock/marker/message, and recorded reasons when a compiler or
 ninja is missing or a build failed — reported through the backend records, never a crash."""
 import importlib.machinery
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import fastfer
-from fastfer.ops import _backends, _ext, _ext_sources, ext_api
+from fastfer.ops.backends import registry as _backends
+from fastfer.ops.backends.ext import build as _ext, launch as ext_api, sources as _ext_sources
 from tests.ops.ext_helpers import require_extension
 
 CPU_CALL = _backends.Call("patch_pool", torch.device("cpu"), torch.float32)
@@ -46,7 +47,7 @@ def _forbid_compiling(monkeypatch):
 def test_import_and_backend_table_compile_nothing(tmp_path):
     code = (
         "import sys, torch, fastfer\n"
-        "from fastfer.ops import _backends\n"
+        "from fastfer.ops.backends import registry as _backends\n"
         "fastfer.ops.backends()\n"
         "chosen = _backends.select(_backends.Call('patch_pool', torch.device('cpu'), torch.float32)).name\n"
         "print(chosen, 'torch.utils.cpp_extension' in sys.modules)\n"
@@ -211,10 +212,10 @@ def test_unknown_kind_is_rejected():
 
 
 def test_cli_status_and_build(real_ext, capsys):
-    from fastfer import cli_ext
+    from fastfer.cli import main
 
-    assert cli_ext.main(["--status"]) == 0
+    assert main(["build-ext", "--status"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("cpu: loaded") and "\ncuda: " in out
-    assert cli_ext.main([]) == 0
+    assert main(["build-ext"]) == 0
     assert capsys.readouterr().out.startswith("cpu: ready")

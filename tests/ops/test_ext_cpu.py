@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import fastfer
-from fastfer.ops import ext_api, reference
+from fastfer.ops import reference
+from fastfer.ops.backends.ext import launch as ext_api
 from tests.ops.ext_helpers import check_patch_pool, check_token_pool, require_extension
 from tests.ops.helpers import assert_rule, check_backward, eager_patch_pool
 
@@ -120,7 +121,8 @@ def test_token_pool_nan_and_inf_propagate_like_the_reference():
     qkv[0, 4, 2, 1, 5] = float("nan")  # a value of image 0, head 1: every row of that head turns NaN
     qkv[1, 7, 1, 0] = float("-inf")  # a key of image 1, head 0: logits ±inf
     for score in reference.CLS_SCORES:
-        out, index, scores, lse = torch.ops.fastfer.token_pool_attention(qkv, 12, None, score, "cpu")
+        with fastfer.use_backend("cpu"):
+            out, index, scores, lse = torch.ops.fastfer.token_pool_attention(qkv, 12, None, score)
         ref_out, ref_index, ref_scores, ref_lse = reference.token_pool_attention(qkv, 12, None, score)
         assert torch.equal(index, ref_index)
         for name, mine, ref in (("out", out, ref_out), ("scores", scores, ref_scores), ("lse", lse, ref_lse)):
@@ -165,7 +167,8 @@ def test_opcheck_in_bfloat16():
     torch.manual_seed(8)
     x = torch.randn(2, 6, 4, 5, dtype=torch.bfloat16, requires_grad=True)
     pos = torch.randn(20, 6, dtype=torch.bfloat16, requires_grad=True)
-    torch.library.opcheck(torch.ops.fastfer.patch_pool.default, (x, 7, pos, "max_abs", "cpu"))
     qkv = torch.randn(2, 9, 3, 2, 16, dtype=torch.bfloat16, requires_grad=True)
-    torch.library.opcheck(torch.ops.fastfer.token_pool_attention.default, (qkv, 5, None, "prob_mean", "cpu"))
-    torch.library.opcheck(torch.ops.fastfer.token_pool_attention.default, (qkv, None, 0.5, "logit_sum", "cpu"))
+    with fastfer.use_backend("cpu"):
+        torch.library.opcheck(torch.ops.fastfer.patch_pool.default, (x, 7, pos, "max_abs"))
+        torch.library.opcheck(torch.ops.fastfer.token_pool_attention.default, (qkv, 5, None, "prob_mean"))
+        torch.library.opcheck(torch.ops.fastfer.token_pool_attention.default, (qkv, None, 0.5, "logit_sum"))

@@ -1,6 +1,6 @@
 """The ``cuda`` backend (C++/CUDA extension) against the reference on a GPU: APP and ATP forward in every
 dtype and layout, backward, selection rules, opcheck. Skipped without a CUDA device; the sources are
-compile-checked without one by csrc/check_cuda_compile.py (CI)."""
+compile-checked without one by tools/check_cuda_compile.py (CI)."""
 import pytest
 import torch
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import fastfer
-from fastfer.ops import _backends, reference
+from fastfer.ops import reference
+from fastfer.ops.backends import registry as _backends
 from tests.ops.helpers import assert_rule, backends_for, check_selection, eager_patch_pool, rule_error
 
 BACKENDS = ["triton", "cuda", "cpu", "torch"]
@@ -198,10 +199,11 @@ def test_opcheck(backend, device):
     op = torch.ops.fastfer.patch_pool.default
     x = torch.randn(2, 6, 4, 5, device=device, requires_grad=True)
     pos = torch.randn(20, 6, device=device, requires_grad=True)
-    torch.library.opcheck(op, (x, 7, pos, "l1", backend))
-    xcl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
-    torch.library.opcheck(op, (xcl, 7, None, "max", backend))
-    torch.library.opcheck(op, (torch.randn(3, 11, 5, device=device, requires_grad=True), 11, None, "l2", backend))
+    with fastfer.use_backend(backend):  # the forward op resolves the pinned backend (no backend argument)
+        torch.library.opcheck(op, (x, 7, pos, "l1"))
+        xcl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        torch.library.opcheck(op, (xcl, 7, None, "max"))
+        torch.library.opcheck(op, (torch.randn(3, 11, 5, device=device, requires_grad=True), 11, None, "l2"))
     grad = torch.randn(2, 7, 6, device=device)
     index = torch.stack([torch.randperm(20, device=device)[:7].sort().values for _ in range(2)])
     torch.library.opcheck(torch.ops.fastfer.patch_pool_backward.default,

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import fastfer
-from fastfer.ops import _backends, reference
+from fastfer.ops import reference
+from fastfer.ops.backends import registry as _backends
 from tests.ops.helpers import (
     assert_rule, backends_for, check_backward, check_selection, cls_scores64, eager_attend, eager_cls_scores, rule_error,
 )
@@ -174,8 +175,9 @@ def test_opcheck(backend, device):
     torch.manual_seed(0)
     op = torch.ops.fastfer.token_pool_attention.default
     qkv = torch.randn(2, 13, 3, 2, 16, device=device, requires_grad=True)
-    torch.library.opcheck(op, (qkv, 7, None, "logit_sum", backend))
-    torch.library.opcheck(op, (qkv, None, 0.5, "prob_mean", backend))
-    out, index, _, lse = op(qkv.detach(), 7, None, "logit_sum", backend)
+    with fastfer.use_backend(backend):  # the forward op resolves the pinned backend (no backend argument)
+        torch.library.opcheck(op, (qkv, 7, None, "logit_sum"))
+        torch.library.opcheck(op, (qkv, None, 0.5, "prob_mean"))
+        out, index, _, lse = op(qkv.detach(), 7, None, "logit_sum")
     torch.library.opcheck(torch.ops.fastfer.token_pool_attention_backward.default,
                           (torch.randn_like(out), qkv.detach(), out, lse, index, 0.25, backend))

@@ -18,7 +18,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from fastfer.ops.triton import attention, cls_select, patch_pool  # noqa: E402
+from fastfer.ops.backends.triton import attention, cls_select, patch_pool  # noqa: E402
 
 PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 

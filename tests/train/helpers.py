@@ -27,6 +27,6 @@ def env() -> dict:
     return e
 
 
-def run_module(args: list[str], timeout: float = 120, module: str = "fastfer.cli_train") -> subprocess.CompletedProcess:
+def run_module(args: list[str], timeout: float = 120, module: str = "fastfer") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env(), capture_output=True,
                           text=True, timeout=timeout)

@@ -13,7 +13,7 @@ from tests.train.helpers import REPO, env, tiny_args
 def test_two_gloo_processes_train_and_rank0_writes(tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "fastfer.cli_train", *tiny_args(run, 1)]
+           "-m", "fastfer", *tiny_args(run, 1)]
     proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from fastfer.cli_train import main
+from fastfer.cli import main
 from fastfer.train.checkpoint import load_weights, read_latest
 from tests.train.helpers import REPO, env, tiny_args
 
@@ -38,7 +38,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, restore_torch_globals):
     kill_after = random.SystemRandom().randint(1, total - 2)  # a random step, never the last
     ref, run = tmp_path / "uninterrupted", tmp_path / "killed"
 
-    proc = subprocess.Popen([sys.executable, "-m", "fastfer.cli_train",
+    proc = subprocess.Popen([sys.executable, "-m", "fastfer",
                              *tiny_args(run, EPOCHS, extra=EXTRA + ["--workers", "1"])],
                             cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     # the uninterrupted reference runs meanwhile, in this process, with no loader worker

@@ -1,0 +1,253 @@
+"""Prediction over files: inputs from paths and folders, result files (JSON lines / CSV), image batches, videos
+(frame sampling, face tracking and probability smoothing), annotated outputs — what ``fastfer predict`` runs."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from fastfer.infer.tracking import FaceTracker
+
+NO_FACE = "no face found"
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".jp2"}
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What to do besides classifying: ``annotate`` / ``explain`` output folders, videos' frame step ``every``
+    and track smoothing weight ``smooth`` (None: off)."""
+
+    annotate: Optional[str] = None
+    explain: Optional[str] = None
+    every: int = 1
+    smooth: Optional[float] = None
+
+
+def collect_inputs(paths) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+    """PATH arguments → ([(kind, path, name)], [(path, error)] for missing ones). ``kind`` is ``image`` or
+    ``video``; ``name`` is the path relative to the folder argument's parent (the file name for files), used
+    for ``--annotate`` outputs. Folders are walked recursively (sorted); inside folders only files with an image
+    or video extension are taken, files named explicitly are tried as images unless they look like videos."""
+    inputs, errors = [], []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                ext = f.suffix.lower()
+                if ext in IMAGE_EXTENSIONS or ext in VIDEO_EXTENSIONS:
+                    kind = "video" if ext in VIDEO_EXTENSIONS else "image"
+                    inputs.append((kind, str(f), str(Path(path.resolve().name) / f.relative_to(path))))
+        elif path.is_file():
+            kind = "video" if path.suffix.lower() in VIDEO_EXTENSIONS else "image"
+            inputs.append((kind, str(path), path.name))
+        else:
+            errors.append((str(raw), f"no such file or folder: {raw}"))
+    return inputs, errors
+
+
+def new_stats(unreadable: int = 0) -> dict:
+    return {"images": 0, "frames": 0, "faces": 0, "no_face": 0, "unreadable": unreadable}
+
+
+def predict_files(predictor, inputs: Sequence[tuple[str, str, str]], writer: "ResultWriter", options: PredictOptions,
+                  stats: dict, bar) -> dict:
+    """Classify every input of :func:`collect_inputs` (images in batches, then videos), writing a record per
+    image / processed frame to ``writer``; returns ``stats`` (counts)."""
+    images = [(p, name) for kind, p, name in inputs if kind == "image"]
+    for start in range(0, len(images), predictor.batch_size):
+        process_image_batch(predictor, images[start:start + predictor.batch_size], writer, stats, options, bar)
+    for kind, path, name in inputs:
+        if kind == "video":
+            process_video(predictor, path, name, writer, stats, options, bar)
+    return stats
+
+
+def total_work(inputs: Sequence[tuple[str, str, str]], every: int) -> int:
+    """Images plus video frames that will be classified (for a progress bar)."""
+    return sum(count_frames(p, every) if kind == "video" else 1 for kind, p, _ in inputs)
+
+
+class ResultWriter:
+    """Writes result records to ``path`` (.jsonl / .json: one JSON object per line; .csv: one row per face) or,
+    with no path, JSON lines to stdout. Record: ``path``, optional ``frame`` / ``time``, ``faces``, ``error``."""
+
+    def __init__(self, path: Optional[str], label_names: Sequence[str]):
+        self.labels = list(label_names)
+        self.csv = path is not None and Path(path).suffix.lower() == ".csv"
+        if path is not None and os.path.dirname(os.path.abspath(path)):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.file = open(path, "w", newline="", encoding="utf-8") if path else sys.stdout
+        if self.csv:
+            self.columns = ["path", "frame", "time", "face", "track", "x1", "y1", "x2", "y2", "score", "alignment",
+                            "label", *(f"p_{n}" for n in self.labels), "error"]
+            self.rows = csv.DictWriter(self.file, self.columns)
+            self.rows.writeheader()
+
+    def write(self, record: dict) -> None:
+        if not self.csv:
+            self.file.write(json.dumps(record) + "\n")
+            return
+        base = {"path": record["path"], "frame": record.get("frame", ""), "time": record.get("time", ""),
+                "error": record.get("error", "")}
+        if not record["faces"]:
+            self.rows.writerow(base)
+        for i, face in enumerate(record["faces"]):
+            x1, y1, x2, y2 = face["box"]
+            row = dict(base, face=i, track=face.get("track", ""), x1=x1, y1=y1, x2=x2, y2=y2,
+                       score="" if face.get("score") is None else face["score"], alignment=face["alignment"],
+                       label=face["label"])
+            row.update({f"p_{n}": round(face["probs"][n], 6) for n in self.labels})
+            self.rows.writerow(row)
+
+    def close(self) -> None:
+        if self.file is not sys.stdout:
+            self.file.close()
+        else:
+            self.file.flush()
+
+
+def _record(path: str, faces: list, **extra) -> dict:
+    record = {"path": path, **extra, "faces": faces}
+    if not faces:
+        record["error"] = NO_FACE
+    return record
+
+
+def _write_image(path: Path, rgb: np.ndarray) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        cv2.imwrite(str(path.with_suffix(".png")), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+def process_image_batch(predictor, items: Sequence[tuple[str, str]], writer: ResultWriter, stats: dict,
+                        options: PredictOptions, bar) -> None:
+    """Read (unreadable files → an error record), classify together, write records and annotated copies."""
+    from fastfer.data.face import read_image
+    from fastfer.viz import annotate_image
+
+    arrays, names, rels = [], [], []
+    for path, rel in items:
+        try:
+            arrays.append(read_image(path))
+            names.append(path)
+            rels.append(rel)
+        except (OSError, ValueError) as exc:
+            writer.write({"path": path, "faces": [], "error": str(exc)})
+            stats["unreadable"] += 1
+            bar.update(1)
+    explain = bool(options.explain)
+    for arr, path, rel, faces in zip(arrays, names, rels, predictor.predict(arrays, names=names, crops=explain)):
+        if explain:
+            _write_explanation(predictor, Path(options.explain) / (rel + ".app.png"), [f.pop("crop") for f in faces],
+                               faces)
+        writer.write(_record(path, faces))
+        stats["images"] += 1
+        stats["faces"] += len(faces)
+        stats["no_face"] += not faces
+        if options.annotate:
+            _write_image(Path(options.annotate) / rel, annotate_image(arr, faces))
+        bar.update(1)
+
+
+def _write_explanation(predictor, target: Path, crops: list, faces: list) -> None:
+    """APP / ATP overlay of one image's faces (one row per face) — nothing for an image without faces."""
+    import torch
+
+    from fastfer.viz import plot_app_overlay
+
+    if not crops:
+        return
+    details = predictor.explain(crops)
+    images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
+    titles = [f"face {i}: {f['label']} {f['probs'][f['label']]:.2f}" for i, f in enumerate(faces)]
+    plot_app_overlay(images, details["app_scores"], details["app_index"], target, details["token_positions"],
+                     titles=titles)
+
+
+# --- videos -----------------------------------------------------------------------------------------------------
+
+
+def count_frames(path: str, every: int) -> int:
+    """Frames that will be classified in a video (0 when unknown or unreadable)."""
+    import cv2
+
+    cap = cv2.VideoCapture(path)
+    try:
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    finally:
+        cap.release()
+    return max(0, (n + every - 1) // every)
+
+
+def process_video(predictor, path: str, rel: str, writer: ResultWriter, stats: dict, options: PredictOptions,
+                  bar) -> None:
+    """Classify every ``options.every``-th frame in batches; with ``--annotate`` write ``<DIR>/<rel>.mp4`` with each
+    frame showing the latest classified frame's faces."""
+    import cv2
+
+    from fastfer.viz import annotate_image
+
+    cap = cv2.VideoCapture(path)
+    ok, first = cap.read() if cap.isOpened() else (False, None)
+    if not ok:
+        cap.release()
+        writer.write({"path": path, "faces": [], "error": f"cannot read video {path!r} (not a video OpenCV "
+                                                           f"can decode)"})
+        stats["unreadable"] += 1
+        return
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    tracker = FaceTracker(predictor.label_names, options.smooth)
+    out = None
+    if options.annotate:
+        target = (Path(options.annotate) / rel).with_suffix(".mp4")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        h, w = first.shape[:2]
+        out = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    pending: list[tuple[int, np.ndarray]] = []  # sampled frames waiting for the model (RGB)
+    held: list[tuple[int, np.ndarray]] = []  # every frame waiting to be written to the annotated video (BGR)
+    last_faces: list = []
+
+    def flush():
+        nonlocal last_faces
+        results = predictor.predict([f for _, f in pending], names=[f"{path}#frame{i}" for i, _ in pending]) \
+            if pending else []
+        by_frame = {}
+        for (index, _), faces in zip(pending, results):
+            faces = tracker.update(faces)
+            writer.write(_record(path, faces, frame=index, time=round(index / fps, 3)))
+            stats["frames"] += 1
+            stats["faces"] += len(faces)
+            stats["no_face"] += not faces
+            by_frame[index] = faces
+            bar.update(1)
+        for index, bgr in held:
+            last_faces = by_frame.get(index, last_faces)
+            rgb = annotate_image(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), last_faces)
+            out.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        pending.clear()
+        held.clear()
+
+    index, frame = 0, first
+    while frame is not None:
+        if index % options.every == 0:
+            pending.append((index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
+        if out is not None:
+            held.append((index, frame))
+        if len(pending) >= predictor.batch_size or len(held) >= 256:  # bound the frames kept in memory
+            flush()
+        ok, frame = cap.read()
+        frame = frame if ok else None
+        index += 1
+    flush()
+    cap.release()
+    if out is not None:
+        out.release()
