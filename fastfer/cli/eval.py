@@ -25,7 +25,7 @@ def run(args) -> int:
     from fastfer import ops
     from fastfer.train.evaluate import evaluate_checkpoint
     from fastfer.train.metrics import format_report
-    from fastfer.train.recipes import parse_assignments
+    from fastfer.train.config import parse_assignments
 
     over = parse_assignments(args.assign)
     with ops.use_backend(args.backend):

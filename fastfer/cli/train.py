@@ -65,7 +65,7 @@ def register(subparsers) -> None:
 
 
 def _overrides(args) -> dict:
-    from fastfer.train.recipes import parse_assignments
+    from fastfer.train.config import parse_assignments
 
     over = parse_assignments(args.assign)
     for dest, key in TRAIN_FLAGS.items():

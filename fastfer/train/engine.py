@@ -1,5 +1,9 @@
-"""The training engine: one :class:`Trainer` runs a resolved :class:`~fastfer.train.recipes.TrainConfig` into a
-run folder (checkpoints, metrics, test report, confusion matrix, APP/ATP overlay) and resumes it exactly.
+"""The training engine: one :class:`Trainer` runs a resolved :class:`~fastfer.train.config.TrainConfig` into a run
+folder (checkpoints, metrics, test report, confusion matrix, the task's overlay) and resumes it exactly.
+
+The engine knows no model: everything model-specific — the training forward, the loss, what evaluation scores,
+stage updates, the overlay — comes from the model family's task (:mod:`fastfer.train.task`,
+:mod:`fastfer.train.recipes`).
 
 Per optimizer step: ``accum_steps`` micro-batches under autocast (bf16 / fp16 with a GradScaler), a finite-loss
 check (a NaN/inf loss stops the run naming the step; the last good checkpoint stays), gradient clipping, the
@@ -17,21 +21,19 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastfer import ops
 from fastfer.train import checkpoint as ckpt
 from fastfer.train import distributed as dist_utils
-from fastfer.train.data import (Augmented, build_splits, describe_counts, eval_loader, make_sampler,
-                                make_transforms, sample_seed, targets_of, train_loader)
-from fastfer.train.evaluate import (autocast, metrics_from_predictions, predict_loader, report_from_predictions,
-                                    write_overlay)
-from fastfer.train.optim import EMA, EarlyStopping, LRSchedule, build_optimizer
-from fastfer.train.recipes import TrainConfig, stage_configs
-from fastfer.train.runtime import (MetricsLog, NonFiniteLossError, TrainForward, amp_dtype, apply_model_updates,
-                                   default_run_dir, log_line, pick_device, pick_threads, pick_workers,
-                                   set_determinism)
+from fastfer.train.config import ConfigError, TrainConfig
+from fastfer.train.data import (Augmented, build_splits, describe_counts, eval_loader, make_transforms, sample_seed,
+                                targets_of)
+from fastfer.train.evaluate import autocast, metrics_from_predictions, predict_loader, report_from_predictions
+from fastfer.train.recipes import stage_configs, task_class
+from fastfer.train.runtime import (MetricsLog, NonFiniteLossError, amp_dtype, default_run_dir, log_line,
+                                   pick_device, pick_threads, pick_workers, set_determinism)
+from fastfer.train.stage import Stage, build_stage
 
 STEP_SEED_TAG = 0x5EED  # keeps the per-step seeds apart from the per-sample seeds
 
@@ -44,401 +46,350 @@ class Trainer:
         self.cfg, self.resume, self.progress = cfg, resume, progress
         self.out_dir = Path(out_dir) if out_dir is not None else None  # None: runs/<timestamp> of rank 0
 
-    # --- setup ------------------------------------------------------------------------------------------------
-    def _setup(self) -> None:
-        cfg = self.cfg
-        self.device = pick_device(cfg.device)
-        self.info = dist_utils.init(self.device.type)
-        if self.device.type == "cuda":
-            self.device = torch.device("cuda", self.info.local_rank)
-        self.threads = pick_threads(cfg.threads, self.device, self.info.world_size)
-        torch.set_num_threads(self.threads)
-        self.workers = pick_workers(cfg.workers, self.device, self.info.world_size)
-        set_determinism(cfg.deterministic, self.device)
-        torch.manual_seed(cfg.seed + self.info.rank)
-        self.amp = amp_dtype(cfg.amp, self.device)
-        self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
-        self.main = self.info.is_main
-        if self.out_dir is None:
-            self.out_dir = Path(dist_utils.broadcast_object(str(default_run_dir()) if self.main else None))
-        if self.main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.ckpt_root = self.out_dir / ckpt.CHECKPOINT_DIR
-        self.log = MetricsLog(self.out_dir, enabled=self.main, tensorboard=cfg.tensorboard)
-
-    def _build_model(self, num_classes: int, label_names) -> nn.Module:
-        from fastfer.models import create_model
-
-        kwargs = dict(self.cfg.model_kwargs)
-        if self.cfg.text_encoder:
-            kwargs["text_encoder"] = self.cfg.text_encoder
-        model = create_model(self.cfg.model, num_classes=num_classes, label_names=list(label_names), **kwargs)
-        return model
-
-    def _build_data(self, image_size: int, mean, std) -> None:
-        cfg = self.cfg
-        self.splits = build_splits(cfg.data, cfg.data_kwargs, cfg.val_fraction, cfg.val_source, image_size, cfg.seed,
-                                   workers=self.workers)
-        self.mean, self.std, self.image_size = tuple(mean), tuple(std), image_size
-        self.train_set = Augmented(self.splits.train, make_transforms(cfg.transform, image_size, mean, std, True))
-        test_tf = make_transforms(cfg.transform, image_size, mean, std, False)
-        self.val_set = Augmented(self.splits.val, test_tf)
-        self.test_set = Augmented(self.splits.test, test_tf)
-        eb = cfg.eval_batch_size or 2 * cfg.batch_size
-        pin = self.device.type == "cuda"
-        self.val_loader = eval_loader(self.val_set, eb, self.workers, self.info.rank, self.info.world_size, pin)
-        self.test_loader = eval_loader(self.test_set, eb, self.workers, self.info.rank, self.info.world_size, pin)
-
-    def _metadata(self) -> dict:
-        import fastfer
-
-        kwargs = {k: v for k, v in self.cfg.model_kwargs.items() if k not in ("text_encoder", "backend")}
-        return dict(model=self.cfg.model, model_kwargs=kwargs, num_classes=len(self.label_names),
-                    label_names=list(self.label_names), recipe=self.cfg.recipe, data=self.cfg.data,
-                    preprocessing=dict(input_size=[3, self.image_size, self.image_size], mean=list(self.mean),
-                                       std=list(self.std), interpolation="bilinear",
-                                       alignment=self.splits.alignment, test_transform=self.cfg.transform),
-                    fastfer_version=fastfer.__version__)
-
-    # --- the run ------------------------------------------------------------------------------------------------
     def run(self) -> dict:
         """Train every stage, evaluate the test split, write the run folder. Returns the summary dict.
 
-        The op backend is pinned to ``cfg.backend`` for the whole run (None: the process's pin, else automatic).
+        The op backend is pinned to ``runtime.backend`` for the whole run (None: the process's pin, else automatic).
         """
-        with ops.use_backend(self.cfg.backend) if self.cfg.backend else contextlib.nullcontext():
+        backend = self.cfg.runtime.backend
+        with ops.use_backend(backend) if backend else contextlib.nullcontext():
             return self._run()
 
     def _run(self) -> dict:
         t_start = time.perf_counter()
-        self._setup()
-        cfg, main = self.cfg, self.main
-        resume_state = None
-        if self.resume:
-            folder = ckpt.resolve_checkpoint_dir(self.out_dir)
-            weights, meta, resume_state = ckpt.load_checkpoint(folder)
-            if resume_state.get("world_size", 1) != self.info.world_size:
-                raise ValueError(f"resume: {folder} was saved with {resume_state.get('world_size')} processes, this "
-                                 f"run has {self.info.world_size}; exact resume needs the same world size")
-        model = self._build_model_for_data()
-        self.label_names = tuple(self.splits.label_names)
-        if main:
-            ckpt.atomic_write_text(self.out_dir / "config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
+        self._setup_runtime()
+        resume_state, weights = self._read_resume_state() if self.resume else (None, None)
+        self._setup_run_folder()
+        model = self._build_model_and_data()
+        if self.main:
+            ckpt.atomic_write_text(self.out_dir / "config.json", json.dumps(self.cfg.to_json(), indent=2) + "\n")
             log_line(f"run folder {self.out_dir}\n" + self._describe())
         history = list(resume_state["history"]) if resume_state else []
-        stages = stage_configs(cfg)
         pos = dict(stage=0, epoch=0, start=0, global_epoch=0, global_step=0, stage_done=False)
         if resume_state:
             pos.update({k: resume_state[k] for k in pos})
         finished = bool(resume_state and resume_state.get("finished"))
-        for si, (stage_name, scfg, updates) in enumerate(stages):
-            if si < pos["stage"] or finished:
+        stages = stage_configs(self.cfg)
+        self._last_stage: Optional[Stage] = None
+        self._pos, self._history = pos, history
+        for index, (name, cfg, updates) in enumerate(stages):
+            resuming_here = resume_state is not None and index == pos["stage"]
+            if finished or index < pos["stage"]:
+                self._task.begin_stage(name, updates)  # rebuild the model's structure as the stage left it
                 continue
-            apply_model_updates(model, updates)
-            if resume_state and si == pos["stage"]:
+            self._task.set_config(cfg)
+            self._task.begin_stage(name, updates)
+            if resuming_here:
                 model.load_state_dict(weights)
-            self._run_stage(model, si, stage_name, scfg, pos, history, resume_state if si == pos["stage"] else None)
+            self._run_stage(model, index, name, cfg, pos, history, resume_state if resuming_here else None)
             resume_state = None
-            pos.update(stage=si + 1, epoch=0, start=0, stage_done=False)
+            pos.update(stage=index + 1, epoch=0, start=0, stage_done=False)
+        if finished:
+            model.load_state_dict(weights)  # a finished run resumed: only the test and the files are redone
         summary = self._finish(model, history, t_start, finished)
         self.log.close()
         dist_utils.barrier()
         return summary
 
-    def _build_model_for_data(self) -> nn.Module:
-        cfg = self.cfg
-        # The data comes first (its label names size the classifier); the input size and normalisation come from
-        # the model's registered pretrained_cfg, overridden by img_size / --set input_size.
+    # --- setup ------------------------------------------------------------------------------------------------
+    def _setup_runtime(self) -> None:
+        r = self.cfg.runtime
+        self.device = pick_device(r.device)
+        self.info = dist_utils.init(self.device.type, timeout_s=r.collective_timeout_s)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.info.local_rank)
+        self.threads = pick_threads(r.threads, self.device, self.info.world_size)
+        torch.set_num_threads(self.threads)
+        self.workers = pick_workers(r.workers, self.device, self.info.world_size)
+        set_determinism(r.deterministic, self.device)
+        torch.manual_seed(r.seed + self.info.rank)
+        self.amp = amp_dtype(r.amp, self.device)
+        self.channels_last = r.channels_last if r.channels_last is not None else self.device.type == "cuda"
+        self.main = self.info.is_main
+
+    def _read_resume_state(self) -> tuple[dict, dict]:
+        folder = ckpt.resolve_checkpoint_dir(self.out_dir)
+        weights, _meta, state = ckpt.load_checkpoint(folder)
+        if state.get("world_size", 1) != self.info.world_size:
+            raise ConfigError(f"resume: {folder} was saved with {state.get('world_size')} processes, this run has "
+                              f"{self.info.world_size}; exact resume needs the same world size")
+        return state, weights
+
+    def _setup_run_folder(self) -> None:
+        if self.out_dir is None:
+            self.out_dir = Path(dist_utils.broadcast_object(str(default_run_dir()) if self.main else None))
+        if self.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.ckpt_root = self.out_dir / ckpt.CHECKPOINT_DIR
+        self.log = MetricsLog(self.out_dir, enabled=self.main, tensorboard=self.cfg.runtime.tensorboard)
+
+    def _preprocessing(self) -> tuple[int, tuple, tuple]:
+        """(input side, mean, std): the model's registered pretrained_cfg, overridden by img_size / input_size."""
         import timm
 
         import fastfer.models  # noqa: F401 — registers every fastfer model with timm
-        pcfg = timm.models.get_pretrained_cfg(cfg.model)
+
+        cfg = self.cfg
+        pcfg = timm.models.get_pretrained_cfg(cfg.model.name)
         if pcfg is None:
-            raise ValueError(f"model: {cfg.model!r} is not a registered model (fastfer: apvit, apvit_tiny, "
-                             f"fer_former, fer_former_tiny, conv_cut, conv_cut_tiny)")
+            raise ConfigError(f"model.name: {cfg.model.name!r} is not a registered fastfer model")
         pcfg = pcfg.to_dict()
-        img_size = cfg.model_kwargs.get("img_size")
-        size = cfg.input_size or (img_size if isinstance(img_size, int) else None) or int(pcfg["input_size"][-1])
+        img_size = cfg.model.kwargs.get("img_size")
+        size = cfg.data.input_size or (img_size if isinstance(img_size, int) else None) or int(pcfg["input_size"][-1])
         mean, std = pcfg.get("mean", (0.485, 0.456, 0.406)), pcfg.get("std", (0.229, 0.224, 0.225))
-        if cfg.transform != "light":
+        if cfg.data.transform != "light":
             from fastfer.data.transforms import normalization
-            mean, std = normalization(cfg.transform)
-        self._build_data(size, mean, std)
-        model = self._build_model(len(self.splits.label_names), self.splits.label_names)
-        if cfg.loss == "fer_former" and cfg.loss_weights.get("text", 1.0) > 0 and not getattr(model, "text_ready", 0):
-            raise ValueError("loss: the FER-former text loss needs text features; pass --text-encoder FILE (a "
-                             "tensor file with 'text_embed' [C, 512], or open_clip:PATH to a local CLIP "
-                             "ViT-B/32) or train the label head only with --set loss_weights.text=0")
+
+            mean, std = normalization(cfg.data.transform)
+        return size, tuple(mean), tuple(std)
+
+    def _build_model_and_data(self) -> nn.Module:
+        """The data first (its label names size the classifier), then the model and its task."""
+        from fastfer.models import create_model
+
+        cfg = self.cfg
+        self.image_size, self.mean, self.std = self._preprocessing()
+        self._build_data()
+        self.label_names = tuple(self.splits.label_names)
+        kwargs = dict(cfg.model.kwargs)
+        if cfg.model.text_encoder:
+            kwargs["text_encoder"] = cfg.model.text_encoder
+        model = create_model(cfg.model.name, num_classes=len(self.label_names), label_names=list(self.label_names),
+                             **kwargs)
         if not self.resume:
-            self._init_weights(model)
+            self._load_init_weights(model)
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        self._task = task_class(cfg.model.name)(model, cfg, self.label_names, targets_of(self.splits.train))
+        self._task.check()
         return model
 
-    def _init_weights(self, model: nn.Module) -> None:
-        """Load each ``init_weights`` file (a partial fastfer state_dict) into the fresh model."""
+    def _build_data(self) -> None:
+        cfg, d = self.cfg, self.cfg.data
+        self.splits = build_splits(d.spec, d.kwargs, d.val_fraction, d.val_source, self.image_size, cfg.runtime.seed,
+                                   workers=self.workers)
+        size, mean, std = self.image_size, self.mean, self.std
+        self.train_set = Augmented(self.splits.train, make_transforms(d.transform, size, mean, std, True))
+        test_tf = make_transforms(d.transform, size, mean, std, False)
+        self.val_set = Augmented(self.splits.val, test_tf)
+        self.test_set = Augmented(self.splits.test, test_tf)
+        eb = cfg.schedule.eval_batch_size or 2 * cfg.schedule.batch_size
+        pin = self.device.type == "cuda"
+        self.val_loader = eval_loader(self.val_set, eb, self.workers, self.info.rank, self.info.world_size, pin)
+        self.test_loader = eval_loader(self.test_set, eb, self.workers, self.info.rank, self.info.world_size, pin)
+
+    def _load_init_weights(self, model: nn.Module) -> None:
+        """Load each ``model.init_weights`` file (a partial fastfer state_dict) into the fresh model."""
         from fastfer.models.weights import load_partial
 
-        for path in self.cfg.init_weights:
+        for path in self.cfg.model.init_weights:
             left = load_partial(model, path)
             if self.main:
                 total = len(model.state_dict())
                 log_line(f"init: {total - len(left)} of {total} tensors from {path}; {len(left)} keep their "
                          f"initialisation")
 
+    def _metadata(self) -> dict:
+        import fastfer
+
+        cfg = self.cfg
+        kwargs = {k: v for k, v in cfg.model.kwargs.items() if k != "text_encoder"}
+        return dict(model=cfg.model.name, model_kwargs=kwargs, num_classes=len(self.label_names),
+                    label_names=list(self.label_names), recipe=cfg.recipe, data=cfg.data.spec,
+                    preprocessing=dict(input_size=[3, self.image_size, self.image_size], mean=list(self.mean),
+                                       std=list(self.std), interpolation="bilinear",
+                                       alignment=self.splits.alignment, test_transform=cfg.data.transform),
+                    fastfer_version=fastfer.__version__)
+
     def _describe(self) -> str:
         cfg, s = self.cfg, self.splits
-        ops_backend = cfg.backend or "auto"
         lines = [
-            f"model {cfg.model} {cfg.model_kwargs or ''} | recipe {cfg.recipe} | data {cfg.data} | "
+            f"model {cfg.model.name} {cfg.model.kwargs or ''} | recipe {cfg.recipe} | data {cfg.data.spec} | "
             f"input {self.image_size}² | classes {', '.join(self.label_names)}",
             f"train {len(s.train)} ({describe_counts(targets_of(s.train), self.label_names)}); val {len(s.val)} "
             f"({s.val_from}); test {len(s.test)} ({s.test_from})",
             f"device {self.device} | threads {self.threads} | workers {self.workers} | processes "
-            f"{self.info.world_size} | amp {self.amp or 'off'} | compile {cfg.compile} | channels_last "
-            f"{self.channels_last} | op backend {ops_backend} | seed {cfg.seed}",
+            f"{self.info.world_size} | amp {self.amp or 'off'} | compile {cfg.runtime.compile} | channels_last "
+            f"{self.channels_last} | op backend {cfg.runtime.backend or 'auto'} | seed {cfg.runtime.seed}",
         ]
         if hasattr(os, "getloadavg"):
             lines[-1] += f" | load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
         return "\n".join(lines)
 
     # --- one stage ----------------------------------------------------------------------------------------------
-    def _run_stage(self, model: nn.Module, si: int, name: str, cfg: TrainConfig, pos: dict, history: list,
+    def _run_stage(self, model: nn.Module, index: int, name: str, cfg: TrainConfig, pos: dict, history: list,
                    state: Optional[dict]) -> None:
-        main, info = self.main, self.info
-        kind = "fer_former" if cfg.loss == "fer_former" and cfg.loss_weights.get("text", 1.0) > 0 else "logits"
-        adapter = TrainForward(model, kind, cfg.aux_trunk_module if cfg.aux_trunk_weight > 0 else None,
-                               len(self.label_names))
-        self._adapter = adapter
-        fwd = dist_utils.wrap(adapter, info, self.device, sync_bn=cfg.sync_bn and self.device.type == "cuda")
-        if cfg.compile:
-            if cfg.deterministic:
-                torch.use_deterministic_algorithms(True)  # also sets inductor's deterministic flag
-            fwd = torch.compile(fwd)
-        opt = build_optimizer(model, cfg, extra=adapter.aux_head)
-        sampler = make_sampler(cfg.sampler, targets_of(self.splits.train), cfg.seed, info.rank, info.world_size,
-                               cfg.oversample_thr, cfg.oversample_method)
-        loader = train_loader(self.train_set, sampler, cfg.batch_size, self.workers, self.device.type == "cuda")
-        micro_per_epoch = sampler.num_samples // cfg.batch_size
-        steps_per_epoch = micro_per_epoch // cfg.accum_steps
-        if cfg.max_steps_per_epoch:
-            steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-        if steps_per_epoch < 1:
-            raise ValueError(f"batch_size: {cfg.batch_size} × accum_steps {cfg.accum_steps} exceeds the "
-                             f"{sampler.num_samples} training samples per process; lower --batch-size")
-        sched = LRSchedule(opt, cfg, steps_per_epoch, epoch_offset=pos["global_epoch"])
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        ema = EMA(model, cfg.ema) if cfg.ema else None
-        stopper = EarlyStopping(**cfg.early_stopping) if cfg.early_stopping else None
-        best = EarlyStopping(cfg.select_best, patience=10**9, restore_best=True) if cfg.select_best else None
-        class_w = self._class_weights(cfg)
-        criterion = self._criterion(cfg)
-        step_in_stage = pos["epoch"] * steps_per_epoch + pos["start"] // (cfg.batch_size * cfg.accum_steps)
+        stage = build_stage(index, name, cfg, self._task, model, self.train_set, self.info, self.device, self.workers,
+                            self.amp, epoch_offset=pos["global_epoch"], position=pos)
         if state is not None:
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            if state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            if ema is not None and state.get("ema") is not None:
-                ema.load_state_dict(state["ema"])
-            if adapter.aux_head is not None and state.get("aux_head") is not None:
-                adapter.aux_head.load_state_dict(state["aux_head"])
-            for obj, key in ((stopper, "early_stopping"), (best, "select_best")):
-                if obj is not None and state.get(key):
-                    obj.load_state_dict(state[key])
-            step_in_stage = state["step_in_stage"]
-        epoch0, start0 = pos["epoch"], pos["start"]
-        if pos.get("stage_done"):
-            epoch0 = cfg.epochs
-
-        def save(epoch: int, start: int, stage_done: bool = False, finished: bool = False) -> None:
-            bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(v.isfinite().all())]
-            if bad:  # never let a broken model replace the last good checkpoint
-                raise NonFiniteLossError(
-                    f"weights became non-finite ({', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}) by optimizer "
-                    f"step {pos['global_step']}; training stopped. The last good checkpoint is "
-                    f"{self._latest_checkpoint()}")
-            partial = dist_utils.all_reduce_sum(sums.clone()) if start else None  # metrics of the epoch so far
-            state_out = dict(stage=si, epoch=epoch, start=start, epoch_sums=partial,
-                             epoch_elapsed=time.perf_counter() - t0 if start else 0.0, global_epoch=pos["global_epoch"],
-                             global_step=pos["global_step"], step_in_stage=step_in_stage, stage_done=stage_done,
-                             finished=finished, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                             scaler=scaler.state_dict() if scaler.is_enabled() else None,
-                             ema=ema.state_dict() if ema else None,
-                             aux_head=adapter.aux_head.state_dict() if adapter.aux_head is not None else None,
-                             early_stopping=stopper.state_dict() if stopper else None,
-                             select_best=best.state_dict() if best else None, history=history,
-                             rng=ckpt.rng_state(), world_size=info.world_size, config=self.cfg.to_json())
-            if main:
-                ckpt.save_checkpoint(self.ckpt_root, pos["global_step"], model.state_dict(), self._metadata(),
-                                     state_out, keep=self.cfg.keep_checkpoints)
-            dist_utils.barrier()
-
-        self._save_stage = save
-        bar = self._bar(total=cfg.epochs, initial=epoch0, desc=f"{name} epochs", position=0)
-        for epoch in range(epoch0, cfg.epochs):
-            start = start0 if epoch == epoch0 else 0
-            sampler.set_epoch(pos["global_epoch"], start)
-            model.train()
-            t0 = time.perf_counter()
-            done = start // (cfg.batch_size * cfg.accum_steps)
-            sums = torch.zeros(3, dtype=torch.float64)  # loss·n, correct, n over this epoch's steps (this rank)
-            if start and state is not None and state.get("epoch_sums") is not None:
-                if main:  # the saved sums are over all ranks: count them once
-                    sums += state["epoch_sums"]
-                t0 -= state.get("epoch_elapsed", 0.0)
-            sbar = self._bar(total=steps_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                             position=1, leave=False)
-            it = iter(loader)
-            t_win, n_win = time.perf_counter(), 0
-            for step in range(done, steps_per_epoch):
-                lr = sched.set_for_step(step_in_stage)
-                torch.manual_seed(sample_seed(self.cfg.seed, STEP_SEED_TAG, info.rank, pos["global_step"]))
-                loss_v, correct, n = self._train_step(fwd, opt, scaler, it, cfg, kind, criterion, class_w,
-                                                      pos["global_step"], epoch, step)
-                if ema is not None:
-                    ema.update(model)
-                step_in_stage += 1
-                pos["global_step"] += 1
-                sums += torch.tensor([loss_v * n, correct, n], dtype=torch.float64)
-                n_win += n
-                if sbar is not None and (step + 1) % max(self.cfg.log_every, 1) == 0:
-                    dt = time.perf_counter() - t_win
-                    sbar.set_postfix(loss=f"{sums[0] / max(sums[2], 1):.3f}", acc=f"{sums[1] / max(sums[2], 1):.3f}",
-                                     lr=f"{lr:.2e}", img_s=f"{n_win * info.world_size / max(dt, 1e-9):.0f}")
-                    t_win, n_win = time.perf_counter(), 0
-                if sbar is not None:
-                    sbar.update(1)
-                if self.cfg.save_every_steps and pos["global_step"] % self.cfg.save_every_steps == 0 \
-                        and step + 1 < steps_per_epoch:
-                    save(epoch, (step + 1) * cfg.batch_size * cfg.accum_steps)
-            del it
-            if sbar is not None:
-                sbar.close()
-            dist_utils.all_reduce_sum(sums)
-            elapsed = time.perf_counter() - t0
-            row = self._epoch_row(name, epoch, pos, sched, sums, elapsed, model, ema)
+            stage.load_state_dict(state)
+        self._last_stage = stage
+        epochs = cfg.schedule.epochs
+        first_epoch = epochs if pos.get("stage_done") else pos["epoch"]
+        bar = self._bar(total=epochs, initial=first_epoch, desc=f"{name} epochs", position=0)
+        for epoch in range(first_epoch, epochs):
+            start = pos["start"] if epoch == first_epoch else 0
+            row = self._train_epoch(stage, model, epoch, start, pos, state if epoch == first_epoch else None)
             history.append(row)
             pos["global_epoch"] += 1
-            sched.epoch_end(row)
-            stop = stopper.update(epoch, row, model) if stopper else False
-            if best is not None:
-                best.update(epoch, row, ema.module if ema else model)
-            self.log.write(history)
-            if main:
-                log_line(_format_row(row, cfg.epochs), bar)
-            if bar is not None:
-                bar.update(1)
-            last = stop or epoch + 1 == cfg.epochs
-            if last:
-                restore = best if best is not None else (stopper if stopper and stopper.restore_best else None)
-                if restore is not None and restore.best_state is not None:
-                    target = ema.module if ema and restore is best else model
-                    target.load_state_dict(restore.best_state)
-                    if main:
-                        log_line(f"{name}: restored the weights of epoch {restore.best_epoch + 1} "
-                                 f"({restore.monitor} {restore.best:.4f})", bar)
-            if ema is not None and last:
-                model.load_state_dict(ema.state_dict())  # the final weights of a stage are the EMA weights
-            save(epoch + 1, 0, stage_done=last)
+            stop = self._end_epoch(stage, model, epoch, row, history, bar)
+            self._save(stage, model, epoch + 1, 0, stage_done=stop or epoch + 1 == epochs)
             if stop:
-                if main:
-                    log_line(f"{name}: early stop after epoch {epoch + 1} ({stopper.monitor} did not improve by "
-                             f"{stopper.min_delta} for {stopper.patience} epochs)", bar)
                 break
         if bar is not None:
             bar.close()
-        adapter.close()
+        stage.task.close()
 
-    def _train_step(self, fwd, opt, scaler, it, cfg: TrainConfig, kind: str, criterion, class_w, global_step: int,
-                    epoch: int, step: int) -> tuple[float, float, int]:
+    def _train_epoch(self, stage: Stage, model: nn.Module, epoch: int, start: int, pos: dict,
+                     state: Optional[dict]) -> dict:
+        """The steps of one epoch from sample ``start`` on; returns its metrics row (validation included)."""
+        cfg = stage.cfg
+        stage.sampler.set_epoch(pos["global_epoch"], start)
+        model.train()
+        t0 = time.perf_counter()
+        done = start // stage.samples_per_step
+        self._epoch_sums = sums = torch.zeros(3, dtype=torch.float64)  # loss·n, correct, n (this rank)
+        if start and state is not None and state.get("epoch_sums") is not None:
+            if self.main:  # the saved sums are over all ranks: count them once
+                sums += state["epoch_sums"]
+            t0 -= state.get("epoch_elapsed", 0.0)
+        self._epoch_t0 = t0
+        sbar = self._bar(total=stage.steps_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}",
+                         position=1, leave=False)
+        it = iter(stage.loader)
+        t_win, n_win = time.perf_counter(), 0
+        for step in range(done, stage.steps_per_epoch):
+            lr = stage.schedule.set_for_step(stage.step_in_stage)
+            torch.manual_seed(sample_seed(self.cfg.runtime.seed, STEP_SEED_TAG, self.info.rank, pos["global_step"]))
+            loss_v, correct, n = self._train_step(stage, it, pos["global_step"], epoch, step)
+            if stage.ema is not None:
+                stage.ema.update(model)
+            stage.step_in_stage += 1
+            pos["global_step"] += 1
+            sums += torch.tensor([loss_v * n, correct, n], dtype=torch.float64)
+            n_win += n
+            if sbar is not None:
+                if (step + 1) % self.cfg.runtime.log_every == 0:
+                    dt = time.perf_counter() - t_win
+                    sbar.set_postfix(loss=f"{sums[0] / max(sums[2], 1):.3f}", acc=f"{sums[1] / max(sums[2], 1):.3f}",
+                                     lr=f"{lr:.2e}", img_s=f"{n_win * self.info.world_size / max(dt, 1e-9):.0f}")
+                    t_win, n_win = time.perf_counter(), 0
+                sbar.update(1)
+            every = self.cfg.runtime.save_every_steps
+            if every and pos["global_step"] % every == 0 and step + 1 < stage.steps_per_epoch:
+                self._save(stage, model, epoch, (step + 1) * stage.samples_per_step)
+        del it
+        if sbar is not None:
+            sbar.close()
+        dist_utils.all_reduce_sum(sums)
+        return self._epoch_row(stage, model, epoch, pos, sums, time.perf_counter() - t0)
+
+    def _train_step(self, stage: Stage, it, global_step: int, epoch: int, step: int) -> tuple[float, float, int]:
         """One optimizer step over ``accum_steps`` micro-batches; returns (mean loss, correct, samples)."""
+        accum, fwd, task = stage.cfg.schedule.accum_steps, stage.forward, stage.task
         total_loss, correct, n = 0.0, 0.0, 0
-        for micro in range(cfg.accum_steps):
+        for micro in range(accum):
             x, y = next(it)
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            sync = micro == cfg.accum_steps - 1 or not hasattr(fwd, "no_sync")
+            sync = micro == accum - 1 or not hasattr(fwd, "no_sync")
             with (contextlib.nullcontext() if sync else fwd.no_sync()):
                 with autocast(self.device, self.amp):
-                    out = fwd(x)
-                    loss, logits = self._loss(out, y, kind, criterion, class_w, cfg)
+                    loss, logits = task.loss(fwd(x), y)
                 if not bool(torch.isfinite(loss)):
                     raise NonFiniteLossError(
                         f"loss is {loss.item()} at optimizer step {global_step + 1} (epoch {epoch + 1}, batch "
-                        f"{step + 1}, micro-batch {micro + 1}/{cfg.accum_steps}); training stopped. The last good "
+                        f"{step + 1}, micro-batch {micro + 1}/{accum}); training stopped. The last good "
                         f"checkpoint is {self._latest_checkpoint()}")
-                scaler.scale(loss / cfg.accum_steps).backward()
+                stage.scaler.scale(loss / accum).backward()
             total_loss += float(loss.detach()) * len(y)
             hard = y.argmax(1) if y.is_floating_point() else y  # soft targets (FERPlus probability modes)
             correct += float((logits.detach().argmax(1) == hard).sum())
             n += len(y)
-        if cfg.grad_clip:
-            scaler.unscale_(opt)
-            params = [p for g in opt.param_groups for p in g["params"]]
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            if not scaler.is_enabled() and not bool(torch.isfinite(norm)):
+        clip = stage.cfg.optim.grad_clip
+        if clip:
+            stage.scaler.unscale_(stage.optimizer)
+            params = [p for g in stage.optimizer.param_groups for p in g["params"]]
+            norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            if not stage.scaler.is_enabled() and not bool(torch.isfinite(norm)):
                 raise NonFiniteLossError(
                     f"gradient norm is {float(norm)} at optimizer step {global_step + 1} (epoch {epoch + 1}); "
                     f"training stopped. The last good checkpoint is {self._latest_checkpoint()}")
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
+        stage.scaler.step(stage.optimizer)
+        stage.scaler.update()
+        stage.optimizer.zero_grad(set_to_none=True)
         return total_loss / max(n, 1), correct, n
+
+    def _epoch_row(self, stage: Stage, model: nn.Module, epoch: int, pos: dict, sums, elapsed: float) -> dict:
+        n = max(float(sums[2]), 1.0)
+        row = dict(stage=stage.name, epoch=epoch + 1, global_epoch=pos["global_epoch"] + 1, step=pos["global_step"],
+                   lr=stage.optimizer.param_groups[0]["lr"], train_loss=float(sums[0]) / n,
+                   train_accuracy=float(sums[1]) / n, images_per_s=float(sums[2]) / max(elapsed, 1e-9),
+                   epoch_time_s=elapsed)
+        row.update(self._evaluate(stage.ema.module if stage.ema else model, self.val_loader, "val"))
+        return row
+
+    def _evaluate(self, model: nn.Module, loader, prefix: str) -> dict:
+        pred = predict_loader(model, loader, self.device, self.amp, self.channels_last,
+                              outputs=self._task.eval_outputs)
+        return metrics_from_predictions(pred, len(self.label_names), prefix)
+
+    def _end_epoch(self, stage: Stage, model: nn.Module, epoch: int, row: dict, history: list, bar) -> bool:
+        """Schedule, stoppers, logs, best-weight restore at the stage's end; returns whether to stop early."""
+        epochs = stage.cfg.schedule.epochs
+        stage.schedule.epoch_end(row)
+        stop = stage.stopper.update(epoch, row, model) if stage.stopper else False
+        if stage.best is not None:
+            stage.best.update(epoch, row, stage.ema.module if stage.ema else model)
+        self.log.write(history)
+        if self.main:
+            log_line(_format_row(row, epochs), bar)
+        if bar is not None:
+            bar.update(1)
+        if stop or epoch + 1 == epochs:
+            restore = stage.best or (stage.stopper if stage.stopper and stage.stopper.restore_best else None)
+            if restore is not None and restore.best_state is not None:
+                target = stage.ema.module if stage.ema and restore is stage.best else model
+                target.load_state_dict(restore.best_state)
+                if self.main:
+                    log_line(f"{stage.name}: restored the weights of epoch {restore.best_epoch + 1} "
+                             f"({restore.monitor} {restore.best:.4f})", bar)
+            if stage.ema is not None:
+                model.load_state_dict(stage.ema.state_dict())  # the final weights of a stage are the EMA weights
+        if stop and self.main:
+            s = stage.stopper
+            log_line(f"{stage.name}: early stop after epoch {epoch + 1} ({s.monitor} did not improve by "
+                     f"{s.min_delta} for {s.patience} epochs)", bar)
+        return stop
+
+    # --- checkpoints ------------------------------------------------------------------------------------------------
+    def _save(self, stage: Stage, model: nn.Module, epoch: int, start: int, stage_done: bool = False,
+              finished: bool = False) -> None:
+        """Checkpoint at (stage, epoch, sample ``start`` within the epoch) with everything exact resume needs."""
+        pos = self._pos
+        bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(v.isfinite().all())]
+        if bad:  # never let a broken model replace the last good checkpoint
+            raise NonFiniteLossError(
+                f"weights became non-finite ({', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}) by optimizer step "
+                f"{pos['global_step']}; training stopped. The last good checkpoint is {self._latest_checkpoint()}")
+        partial = dist_utils.all_reduce_sum(self._epoch_sums.clone()) if start else None  # the epoch so far
+        state = dict(stage=stage.index, epoch=epoch, start=start, epoch_sums=partial,
+                     epoch_elapsed=time.perf_counter() - self._epoch_t0 if start else 0.0,
+                     global_epoch=pos["global_epoch"], global_step=pos["global_step"], stage_done=stage_done,
+                     finished=finished, history=self._history,
+                     rng=ckpt.rng_state(), world_size=self.info.world_size, config=self.cfg.to_json(),
+                     **stage.state_dict())
+        if self.main:
+            ckpt.save_checkpoint(self.ckpt_root, pos["global_step"], model.state_dict(), self._metadata(), state,
+                                 keep=self.cfg.runtime.keep_checkpoints)
+        dist_utils.barrier()
 
     def _latest_checkpoint(self) -> str:
         name = ckpt.read_latest(self.ckpt_root)
         return str(self.ckpt_root / name) if name else "none (no checkpoint was written yet)"
-
-    def _criterion(self, cfg: TrainConfig):
-        if cfg.loss == "fer_former":
-            from fastfer.models.fer_former import FerFormerLoss
-
-            return FerFormerLoss(cfg.loss_weights.get("cls", 1.0), cfg.loss_weights.get("text", 1.0),
-                                 cfg.text_loss, cfg.label_smoothing)
-        return None
-
-    def _class_weights(self, cfg: TrainConfig) -> Optional[torch.Tensor]:
-        """Keras/sklearn 'balanced' weights n / (K · n_c) for ``ce_balanced``."""
-        if cfg.loss != "ce_balanced":
-            return None
-        t = torch.tensor(targets_of(self.splits.train))
-        counts = torch.bincount(t, minlength=len(self.label_names)).double()
-        present = (counts > 0).sum()
-        w = torch.where(counts > 0, len(t) / (present * counts.clamp(min=1)), torch.zeros_like(counts))
-        return w.float().to(self.device)
-
-    def _loss(self, out, y, kind: str, criterion, class_w, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-        if kind == "fer_former":
-            from fastfer.models.fer_former import FerFormerOutput
-
-            o = FerFormerOutput(*out)
-            return criterion(o, y).loss, o.logits
-        aux = None
-        if isinstance(out, tuple):  # (logits, trunk logits) with deep supervision of the trunk
-            out, aux = out
-        if class_w is not None:
-            per = F.cross_entropy(out.float(), y, reduction="none", label_smoothing=cfg.label_smoothing)
-            w = y.float() @ class_w if y.is_floating_point() else class_w[y]  # soft targets: expected weight
-            loss = (per * w).mean()  # Keras: weighted per sample, mean over the batch
-        else:
-            loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
-        if aux is not None:
-            loss = loss + cfg.aux_trunk_weight * F.cross_entropy(aux.float(), y)
-        return loss, out
-
-    def _epoch_row(self, stage: str, epoch: int, pos: dict, sched, sums, elapsed: float, model, ema) -> dict:
-        n = max(float(sums[2]), 1.0)
-        row = dict(stage=stage, epoch=epoch + 1, global_epoch=pos["global_epoch"] + 1, step=pos["global_step"],
-                   lr=sched.opt.param_groups[0]["lr"], train_loss=float(sums[0]) / n,
-                   train_accuracy=float(sums[1]) / n, images_per_s=float(sums[2]) / max(elapsed, 1e-9),
-                   epoch_time_s=elapsed)
-        pred = predict_loader(ema.module if ema else model, self.val_loader, self.device, self.amp, self.channels_last)
-        row.update(metrics_from_predictions(pred, len(self.label_names), "val"))
-        return row
 
     def _bar(self, **kwargs):
         if not (self.main and self.progress):
@@ -450,10 +401,11 @@ class Trainer:
     # --- the end of the run -------------------------------------------------------------------------------------
     def _finish(self, model: nn.Module, history: list, t_start: float, already_finished: bool) -> dict:
         cfg = self.cfg
-        if not already_finished and hasattr(self, "_save_stage"):
-            self._save_stage(epoch=0, start=0, stage_done=True, finished=True)
+        if not already_finished and self._last_stage is not None:
+            self._save(self._last_stage, model, 0, 0, stage_done=True, finished=True)
         t_test = time.perf_counter()
-        pred = predict_loader(model, self.test_loader, self.device, self.amp, self.channels_last)
+        pred = predict_loader(model, self.test_loader, self.device, self.amp, self.channels_last,
+                              outputs=self._task.eval_outputs)
         report = report_from_predictions(pred, self.label_names)
         summary = dict(test=dict(accuracy=report["accuracy"], mean_class_accuracy=report["mean_class_accuracy"],
                                  macro_f1=report["macro_f1"], n=report["n"]),
@@ -464,9 +416,9 @@ class Trainer:
             from fastfer.train.metrics import format_report, write_report
 
             paths = write_report(report, self.out_dir, "test", png=True,
-                                 title=f"{cfg.model} on {cfg.data} test — accuracy {report['accuracy']:.1%}")
-            overlay = write_overlay(model, self.val_set, cfg.overlay_images, self.out_dir / "app_overlay.png",
-                                    self.mean, self.std, self.device, self.label_names)
+                                 title=f"{cfg.model.name} on {cfg.data.spec} test — accuracy {report['accuracy']:.1%}")
+            overlay = self._task.write_overlay(self.val_set, cfg.runtime.overlay_images, self.out_dir / "app_overlay.png",
+                                               self.mean, self.std, self.device)
             meta = {**self._metadata(), "epoch": len(history), "step": summary["steps"], "metrics": summary["test"]}
             weights = ckpt.save_weights(self.out_dir / ckpt.WEIGHTS_FILE, model.state_dict(), meta)
             summary["total_time_s"] = time.perf_counter() - t_start

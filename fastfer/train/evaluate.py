@@ -1,10 +1,10 @@
 """Evaluation shared by training (every epoch, then the test split) and ``fastfer eval``: predictions gathered over
-ranks, loss, metrics; the APP/ATP overlay of a few faces for APViT models."""
+ranks, loss, metrics."""
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,34 +21,26 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def has_text_head(model: nn.Module) -> bool:
-    """A FER-former whose text features are built: both heads can be scored."""
-    return hasattr(model, "forward_outputs") and bool(getattr(model, "text_ready", False))
-
-
 @torch.no_grad()
 def predict_loader(model: nn.Module, loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
-                   channels_last: bool = False) -> dict[str, torch.Tensor]:
+                   channels_last: bool = False, outputs: Optional[Callable] = None) -> dict[str, torch.Tensor]:
     """Run ``model`` (eval mode) over ``loader`` (this rank's share) and gather over ranks.
 
-    Returns ``targets`` (N,), ``logits`` (N, C) float32 and, for a FER-former with text features,
-    ``text_logits`` (N, C). Rows are in rank-strided order (the same order for every key).
+    ``outputs(model, x) → {"logits": (B, C), …}`` names the heads to score (a task's ``eval_outputs``; default
+    the model's logits). Returns ``targets`` (N,) and every head (N, C) float32, e.g. FER-former's
+    ``text_logits``. Rows are in rank-strided order (the same order for every key).
     """
+    outputs = outputs or (lambda m, inp: {"logits": m(inp)})
     was_training = model.training
     model.eval()
-    text = has_text_head(model)
-    outs: dict[str, list] = {"targets": [], "logits": [], "text_logits": []}
+    outs: dict[str, list] = {"targets": []}
     for x, y in loader:
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
-            if text:
-                o = model.forward_outputs(x)
-                outs["logits"].append(o.logits.float().cpu())
-                outs["text_logits"].append(o.text_logits.float().cpu())
-            else:
-                outs["logits"].append(model(x).float().cpu())
+            for key, value in outputs(model, x).items():
+                outs.setdefault(key, []).append(value.float().cpu())
         outs["targets"].append(torch.as_tensor(y).cpu())
     model.train(was_training)
     result = {}
@@ -131,8 +123,10 @@ def evaluate_checkpoint(checkpoint, data: Optional[str] = None, split: str = "te
                      f"'{alignment}'")
     tf = make_transforms(pre.get("test_transform", "light"), size, pre.get("mean"), pre.get("std"), train=False)
     loader = eval_loader(Augmented(dataset, tf), batch_size, n_workers)
+    from fastfer.train.recipes import task_class
+
     t0 = time.perf_counter()
-    pred = predict_loader(model, loader, dev, amp_dtype(amp, dev))
+    pred = predict_loader(model, loader, dev, amp_dtype(amp, dev), outputs=task_class(meta["model"]).eval_outputs)
     report = report_from_predictions(pred, names)
     report.update(checkpoint=str(checkpoint), data=spec, split=split, model=meta["model"],
                   eval_time_s=time.perf_counter() - t0)
@@ -147,47 +141,3 @@ def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (x.float().cpu() * s + m).clamp(0, 1)
-
-
-def supports_overlay(model: nn.Module) -> bool:
-    import inspect
-
-    fn = getattr(model, "forward_features", None)
-    return fn is not None and "return_details" in inspect.signature(fn).parameters
-
-
-@torch.no_grad()
-def write_overlay(model: nn.Module, dataset, count: int, path: str | os.PathLike, mean, std,
-                  device: torch.device, label_names) -> Optional[str]:
-    """APP score map + kept patches (and the tokens alive after each pooling block) for the first ``count``
-    samples of ``dataset`` (a normalised-tensor dataset), through :func:`fastfer.viz.plot_app_overlay`.
-    Returns the path, or None for a model without APP details."""
-    if count <= 0 or not supports_overlay(model):
-        return None
-    from fastfer.viz import plot_app_overlay
-
-    from fastfer.train.data import targets_of
-
-    targets = targets_of(dataset)
-    # one face per class first, then the next ones in order
-    first = {}
-    for i, t in enumerate(targets):
-        first.setdefault(int(t), i)
-    picked = sorted(first.values())[:count]
-    picked += [i for i in range(len(targets)) if i not in picked][: count - len(picked)]
-    xs, ys = [], []
-    for i in picked:
-        x, y = dataset[i]
-        xs.append(x)
-        ys.append(int(y))
-    was_training = model.training
-    model.eval()
-    x = torch.stack(xs).to(device)
-    tokens, details = model.forward_features(x, return_details=True)
-    pred = model.forward_head(tokens).argmax(1).cpu().tolist()
-    model.train(was_training)
-    titles = [f"true {label_names[t]} / pred {label_names[p]}" for t, p in zip(ys, pred)]
-    return plot_app_overlay(denormalize(x, mean, std), details["app_scores"].float().cpu(),
-                            details["app_index"].cpu(), os.fspath(path),
-                            kept_per_block=[p.cpu() for p in details["token_positions"]], titles=titles,
-                            max_images=count)

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from fastfer.train.recipes import TrainConfig
+from fastfer.train.config import OptimConfig, ScheduleConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay: bool) -> list[dict]:
@@ -26,14 +26,14 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay: bool) -> list[
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, extra: Optional[nn.Module] = None) -> torch.optim.Optimizer:
-    """The recipe's optimizer over ``model``'s trainable parameters (and ``extra``'s: a training-only head)."""
+def build_optimizer(model: nn.Module, cfg: OptimConfig, extra: Optional[nn.Module] = None) -> torch.optim.Optimizer:
+    """The recipe's optimizer over ``model``'s trainable parameters (and ``extra``'s: training-only heads)."""
     groups = param_groups(model, cfg.weight_decay, cfg.no_decay)
-    if extra is not None:
+    if extra is not None and any(True for _ in extra.parameters()):
         groups += param_groups(extra, cfg.weight_decay, cfg.no_decay)
-    if cfg.optimizer == "sgd":
+    if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
     return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
@@ -44,40 +44,40 @@ class LRSchedule:
     ``inverse_time``: ``lr / (1 + epoch / decay_epochs)`` (Keras InverseTimeDecay per epoch, counting the epochs
     of the whole run); ``constant``; ``plateau``: ``torch.optim.lr_scheduler.ReduceLROnPlateau`` on a metric at
     epoch ends (``mode="max"``, absolute threshold). Linear warm-up over ``warmup_epochs`` for all but plateau.
-    ``sched_by="epoch"`` changes the rate at epoch boundaries only (mmcv ``by_epoch``); ``"step"`` continuously.
+    ``by="epoch"`` changes the rate at epoch boundaries only (mmcv ``by_epoch``); ``"step"`` continuously.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int,
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, lr: float, steps_per_epoch: int,
                  epoch_offset: int = 0):
-        self.opt, self.cfg = optimizer, cfg
+        self.opt, self.cfg, self.lr = optimizer, cfg, lr
         self.steps_per_epoch = max(steps_per_epoch, 1)
         self.epoch_offset = epoch_offset  # epochs of earlier stages (inverse_time counts the whole run)
         self.plateau = None
-        if cfg.scheduler == "plateau":
+        if cfg.name == "plateau":
             p = {**dict(factor=0.1, patience=2, threshold=0.003, min_lr=0.0), **(cfg.plateau or {})}
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="max", factor=p["factor"], patience=p["patience"], threshold=p["threshold"],
                 threshold_mode="abs", min_lr=p["min_lr"])
         for g in optimizer.param_groups:
-            g["lr"] = cfg.lr
+            g["lr"] = lr
 
     def factor(self, epoch: float) -> float:
         """``lr(epoch) / lr`` at a (fractional) epoch of this stage."""
         cfg = self.cfg
-        if cfg.sched_by == "epoch":
+        if cfg.by == "epoch":
             epoch = float(math.floor(epoch + 1e-9))
         if cfg.warmup_epochs > 0 and epoch < cfg.warmup_epochs:
             # linear: the i-th of n warm-up steps (or epochs) runs at (i + 1) / n of the rate
-            unit = 1.0 / self.steps_per_epoch if cfg.sched_by == "step" else 1.0
+            unit = 1.0 / self.steps_per_epoch if cfg.by == "step" else 1.0
             return min(1.0, (epoch + unit) / cfg.warmup_epochs)
-        if cfg.scheduler == "cosine":
+        if cfg.name == "cosine":
             span = max(cfg.epochs - cfg.warmup_epochs, 1e-12)
             t = min(max(epoch - cfg.warmup_epochs, 0.0) / span, 1.0)
-            floor = cfg.min_lr / cfg.lr
+            floor = cfg.min_lr / self.lr
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-        if cfg.scheduler == "step":
+        if cfg.name == "step":
             return cfg.gamma ** math.floor(epoch / cfg.step_size)
-        if cfg.scheduler == "inverse_time":
+        if cfg.name == "inverse_time":
             return 1.0 / (1.0 + (self.epoch_offset + epoch) / cfg.decay_epochs)
         return 1.0
 
@@ -85,7 +85,7 @@ class LRSchedule:
         """Set the rate for optimizer step ``step_in_stage`` (0-based within this stage); returns it."""
         if self.plateau is not None:
             return self.opt.param_groups[0]["lr"]
-        lr = self.cfg.lr * self.factor(step_in_stage / self.steps_per_epoch)
+        lr = self.lr * self.factor(step_in_stage / self.steps_per_epoch)
         for g in self.opt.param_groups:
             g["lr"] = lr
         return lr

@@ -55,7 +55,7 @@ def test_conv_cut_two_stages_carry_the_head_and_apply_stage_updates(tmp_path):
     final, _ = load_weights(run / "model.safetensors")
     assert not any(k.startswith("layernorm.") for k in final)  # stage 2 drops the DET LayerNorm
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["stages"][0]["loss"] == "ce_balanced" and cfg["overrides"]["epochs"] == 1
+    assert cfg["stages"][0]["loss"] == "ce_balanced" and cfg["overrides"]["schedule"]["epochs"] == 1
 
 
 def test_fer_former_trains_both_heads(tmp_path):
@@ -73,7 +73,7 @@ def test_fer_former_trains_both_heads(tmp_path):
     row = json.loads((run / "metrics.json").read_text())[0]
     assert {"val_text_accuracy", "val_fused_accuracy"} <= set(row)
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["recipe"] == "fer_former" and cfg["optimizer"] == "sgd" and cfg["lr"] == 1e-4
+    assert cfg["recipe"] == "fer_former" and cfg["optim"]["name"] == "sgd" and cfg["optim"]["lr"] == 1e-4
     final, _ = load_weights(run / "model.safetensors")
     assert "text_embed" in final  # eval/predict need no text encoder
     report = json.loads((run / "test_report.json").read_text())
@@ -109,7 +109,7 @@ def test_init_weights_and_the_training_only_trunk_head(tmp_path):
     assert main(tiny_args(run2, 1, extra=["--set", "overlay_images=0"])) == 0
     _, _, state = load_checkpoint(resolve_checkpoint_dir(run2))
     gh, gw = donor.grid_size  # the trunk head sees the whole flattened trunk map
-    assert state["aux_head"]["weight"].shape == (7, donor.extractor.out_channels * gh * gw)
+    assert state["extras"]["aux_head"]["weight"].shape == (7, donor.extractor.out_channels * gh * gw)
 
 
 def test_ferplus_soft_labels_train_and_evaluate_on_majority(tmp_path, capsys):

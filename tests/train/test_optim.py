@@ -10,8 +10,8 @@ from fastfer.train.recipes import resolve_config
 
 def _sched(steps_per_epoch=10, offset=0, **over):
     cfg = resolve_config("apvit", overrides=over)
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
-    return LRSchedule(opt, cfg, steps_per_epoch, epoch_offset=offset), opt
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
+    return LRSchedule(opt, cfg.schedule, cfg.optim.lr, steps_per_epoch, epoch_offset=offset), opt
 
 
 def test_cosine_by_epoch_is_constant_within_an_epoch_and_reaches_zero():
@@ -88,7 +88,7 @@ def test_param_groups_no_decay_rule():
     assert id(model.patch_pos_embed) in no_decay and id(model.head.bias) in no_decay
     assert id(model.head.weight) not in no_decay and groups[1]["weight_decay"] == 0.0
     assert len(param_groups(model, 5e-4, no_decay=False)) == 1  # APViT as run: decay on everything
-    opt = build_optimizer(model, resolve_config("conv_cut"))
+    opt = build_optimizer(model, resolve_config("conv_cut").optim)
     assert isinstance(opt, torch.optim.Adam) and opt.defaults["eps"] == 1e-7
     frozen = torch.nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameter"):
