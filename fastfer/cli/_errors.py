@@ -35,8 +35,9 @@ def run_reporting(command: str, func: Callable, args) -> int:
 
 def _os_error(exc: OSError) -> str:
     where = f" {exc.filename!r}" if exc.filename else ""
-    if exc.errno == errno.ENOSPC:
-        return f"no space left on the device{' for' + where if where else ''}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return str(exc.strerror) if exc.strerror and "no space" in str(exc.strerror) else \
+            f"no space left on the device{' for' + where if where else ''}"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"permission denied:{where} ({exc.strerror})"
     if exc.errno == errno.ENOENT:

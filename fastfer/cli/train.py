@@ -79,38 +79,28 @@ def _overrides(args) -> dict:
 
 
 def run_train(args) -> int:
+    from fastfer.train import distributed as dist_utils
     from fastfer.train.engine import Trainer
     from fastfer.train.recipes import resolve_config, resume_config
-    from fastfer.train.runtime import NonFiniteLossError
 
     if args.resume is not None:
         if not (args.resume or args.out):
             print("fastfer train: --resume needs a run folder: pass --resume RUN or --out RUN", file=sys.stderr)
             return 2
         run_dir = Path(args.resume or args.out)
-        over = _overrides(args)
-        cfg, ignored = resume_config(run_dir, over)
+        cfg, ignored = resume_config(run_dir, _overrides(args))
         ignored += ["model"] * bool(args.model) + ["recipe"] * bool(args.recipe)
         if ignored:
             print(f"fastfer train: resuming {run_dir} with its saved config; ignoring {ignored}", file=sys.stderr)
         out = run_dir
     else:
-        try:
-            cfg = resolve_config(args.recipe, args.model, _overrides(args))
-        except ValueError as e:
-            print(f"fastfer train: {e}", file=sys.stderr)
-            return 2
+        cfg = resolve_config(args.recipe, args.model, _overrides(args))
         out = Path(args.out) if args.out else None
     if args.print_config:
         print(json.dumps(cfg.to_json(), indent=2))
         return 0
     try:
         Trainer(cfg, out, resume=args.resume is not None, progress=not args.no_progress).run()
-    except NonFiniteLossError as e:
-        print(f"fastfer train: {e}", file=sys.stderr)
-        return 3
     finally:
-        from fastfer.train import distributed as dist_utils
-
         dist_utils.shutdown()
     return 0

@@ -101,7 +101,7 @@ class AffectNet(FERDataset):
         ann = require_dir(base / "annotations", f"AffectNet {split}_set annotations")
         self.source = str(base)
         files = [p for p in self.image_dir.iterdir() if p.suffix.lower() in IMG_EXTENSIONS]
-        files.sort(key=lambda p: (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.stem))
+        files.sort(key=lambda p: (0, int(p.stem), "") if p.stem.isascii() and p.stem.isdigit() else (1, 0, p.stem))
         for img in files:
             exp = require_file(ann / f"{img.stem}_exp.npy", f"AffectNet expression annotation of {img.name}")
             try:
@@ -117,7 +117,7 @@ class AffectNet(FERDataset):
         self.image_dir = require_dir(root / split, f"AffectNet {split} folder")
         self.source = str(self.image_dir)
         for d in sorted(p for p in self.image_dir.iterdir() if p.is_dir()):
-            if d.name.isdigit():
+            if d.name.isascii() and d.name.isdigit():
                 native = int(d.name)
                 if native > 10:
                     raise ValueError(f"AffectNet folder {d}: expected a class id 0..10, got {d.name}")

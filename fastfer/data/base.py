@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fastfer.labels import UnknownLabelError, canonical_index, label_names, normalize_name
+from fastfer.utils.errors import FastferError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -33,7 +34,7 @@ __all__ = ["IMG_EXTENSIONS", "CorruptImageError", "DatasetFormatError", "EmptySp
            "UnknownLabelError", "read_image", "require_dir", "require_file"]
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(FastferError, ValueError):
     """A label file line (or CSV row) that does not follow the dataset's format; names the file and line."""
 
     def __init__(self, path: str | os.PathLike, line: int, message: str):
@@ -41,12 +42,16 @@ class DatasetFormatError(ValueError):
         super().__init__(f"{path}, line {line}: {message}")
 
 
-class EmptySplitError(ValueError):
+class EmptySplitError(FastferError, ValueError):
     """A split that holds no sample after reading and dropping."""
 
 
 class CorruptImageError(OSError):
     """An image file that is missing or cannot be decoded; names the file."""
+
+
+def _hashable(key: object) -> object:
+    return key if not isinstance(key, list) else tuple(key)
 
 
 def require_file(path: str | os.PathLike, what: str) -> Path:
@@ -126,10 +131,46 @@ class FERDataset(Dataset):
         self.dropped[reason] += 1
 
     def _finish(self) -> None:
+        self._resolve_duplicates()
         if not self.samples:
             dropped = f"; dropped: {dict(self.dropped)}" if self.dropped else ""
             raise EmptySplitError(f"{self.dataset_name}: split {self.split!r} from {self.source} holds no "
                                   f"sample{dropped}")
+
+    def _resolve_duplicates(self) -> None:
+        """The rule for an image listed more than once: with the same label it is kept once; with different
+        labels it is ambiguous and dropped (every copy). Both are counted in ``dropped`` and reported in one
+        warning with the first examples; ``strict=True`` makes a conflicting label an error."""
+        labels: dict[object, set] = {}
+        for key, label in self.samples:
+            labels.setdefault(_hashable(key), set()).add(label)
+        if len(labels) == len(self.samples):
+            return
+        conflicts = {k for k, v in labels.items() if len(v) > 1}
+        if conflicts and self.strict:
+            first = sorted(map(str, conflicts))[:3]
+            raise DatasetFormatError(self.source, 0, f"{len(conflicts)} image(s) are listed with different labels, "
+                                                     f"e.g. {', '.join(first)}")
+        kept, seen, repeats = [], set(), 0
+        for key, label in self.samples:
+            h = _hashable(key)
+            if h in conflicts:
+                continue
+            if h in seen:
+                repeats += 1
+                continue
+            seen.add(h)
+            kept.append((key, label))
+        n_conflict = len(self.samples) - len(kept) - repeats
+        if repeats:
+            self.dropped["duplicate line (same image, same label): kept once"] += repeats
+        if conflicts:
+            self.dropped["image listed with different labels: dropped"] += n_conflict
+        examples = ", ".join(sorted(map(str, conflicts))[:3]) if conflicts else ""
+        warnings.warn(f"{self.dataset_name} {self.source}: {repeats} duplicate line(s) kept once"
+                      + (f"; {len(conflicts)} image(s) with conflicting labels dropped (e.g. {examples})"
+                         if conflicts else ""), RuntimeWarning, stacklevel=3)
+        self.samples = kept
 
     # -- reading ----------------------------------------------------------------------------------------------
     def load(self, key: object) -> np.ndarray:

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from fastfer.data.base import CorruptImageError, DatasetFormatError, FERDataset, read_image, require_dir, require_file
+from fastfer.data.textfile import parse_int, read_lines
 from fastfer.labels import NATIVE_ORDERS
 
 SPLITS = ("train", "val", "test", "all")
@@ -57,27 +58,25 @@ class ExpW(FERDataset):
                          source=str(label_file))
         self.min_conf, self.fractions, self.seed = float(min_conf), tuple(fractions), int(seed)
         faces = []
-        with open(label_file, encoding="utf-8") as fh:
-            for line, text in enumerate(fh, 1):
-                parts = text.split()
-                if not parts:
-                    continue
-                if len(parts) != 8:
-                    raise DatasetFormatError(label_file, line, "expected 8 fields (image face_id top left right "
-                                                               f"bottom confidence label), got {len(parts)}")
-                try:
-                    top, left, right, bottom = (int(float(v)) for v in parts[2:6])
-                    conf = float(parts[6])
-                except ValueError:
-                    raise DatasetFormatError(label_file, line, f"expected numeric box and confidence, got "
-                                                               f"{' '.join(parts[2:7])!r}") from None
-                if not parts[7].isdigit() or int(parts[7]) > 6:
-                    raise DatasetFormatError(label_file, line, f"expected a label in 0..6, got {parts[7]!r}")
-                if bottom <= top or right <= left or top < 0 or left < 0:
-                    raise DatasetFormatError(label_file, line, f"expected a box with 0 ≤ top < bottom and 0 ≤ left "
-                                                               f"< right (order top, left, right, bottom), got "
-                                                               f"{top} {left} {right} {bottom}")
-                faces.append((parts[0], (top, left, right, bottom), conf, int(parts[7])))
+        for line, text in read_lines(label_file, "ExpW label file"):
+            parts = text.split()
+            if not parts:
+                continue
+            if len(parts) != 8:
+                raise DatasetFormatError(label_file, line, "expected 8 fields (image face_id top left right "
+                                                           f"bottom confidence label), got {len(parts)}")
+            try:
+                top, left, right, bottom = (int(float(v)) for v in parts[2:6])
+                conf = float(parts[6])
+            except ValueError:
+                raise DatasetFormatError(label_file, line, f"expected numeric box and confidence, got "
+                                                           f"{' '.join(parts[2:7])!r}") from None
+            label = parse_int(parts[7], label_file, line, "a label", 0, 6, column=8)
+            if bottom <= top or right <= left or top < 0 or left < 0:
+                raise DatasetFormatError(label_file, line, f"expected a box with 0 ≤ top < bottom and 0 ≤ left "
+                                                           f"< right (order top, left, right, bottom), got "
+                                                           f"{top} {left} {right} {bottom}")
+            faces.append((parts[0], (top, left, right, bottom), conf, label))
         assign = _image_split([f[0] for f in faces], self.fractions, self.seed) if split != "all" else {}
         self.images_in_split = sorted({f[0] for f in faces if split == "all" or assign[f[0]] == split})
         for name, box, conf, native in faces:

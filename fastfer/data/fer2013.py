@@ -10,6 +10,7 @@ of ``split`` when it has a ``Usage`` column).
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 from typing import Callable, Iterator
@@ -17,6 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from fastfer.data.base import DatasetFormatError, FERDataset, require_dir
+from fastfer.data.textfile import parse_int, read_text
 from fastfer.labels import NATIVE_ORDERS
 
 USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
@@ -31,7 +33,7 @@ def parse_pixels(text: str, path: Path, line: int, side: int = SIDE) -> np.ndarr
     try:
         values = np.array(parts, dtype=np.int32)
     except ValueError:
-        bad = next(p for p in parts if not p.lstrip("-").isdigit())
+        bad = next((p for p in parts if not (p.lstrip("-").isascii() and p.lstrip("-").isdigit())), parts[0])
         raise DatasetFormatError(path, line, f"expected integer pixel values, got {bad!r}") from None
     if values.min() < 0 or values.max() > 255:
         raise DatasetFormatError(path, line, f"expected pixel values in 0..255, got {values.min()}..{values.max()}")
@@ -40,7 +42,7 @@ def parse_pixels(text: str, path: Path, line: int, side: int = SIDE) -> np.ndarr
 
 def iter_csv(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
     """Rows of a headed CSV as ``(line number, {column: value})``; checks the header and the field counts."""
-    with open(path, newline="", encoding="utf-8") as fh:
+    with io.StringIO(read_text(path, "CSV file"), newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:
@@ -59,10 +61,7 @@ def iter_csv(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[
 
 
 def parse_label(text: str, path: Path, line: int, n: int, column: str = "emotion") -> int:
-    text = text.strip()
-    if not text.isdigit() or int(text) >= n:
-        raise DatasetFormatError(path, line, f"expected {column} in 0..{n - 1}, got {text!r}")
-    return int(text)
+    return parse_int(text, path, line, column, 0, n - 1)
 
 
 class FER2013(FERDataset):

@@ -17,36 +17,41 @@ from pathlib import Path
 from typing import Callable
 
 from fastfer.data.base import DatasetFormatError, FERDataset, read_image, require_dir, require_file
+from fastfer.data.textfile import parse_int, read_lines
 from fastfer.labels import UnknownLabelError, normalize_name
+
+
+def _numeric(text: str) -> bool:
+    """Looks like a number column (digits incl. ``²``-like ones, a sign, a decimal point): parse_int decides."""
+    core = text.lstrip("-+").replace(".", "", 1)
+    return bool(core) and core.isdigit()
 
 
 def read_label_list(path: Path) -> list[tuple[int, str, str, int | None]]:
     """Parse a list file → ``[(line number, image path, text label, int label or None)]``."""
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            parts = text.rsplit(maxsplit=2)
-            if len(parts) == 3 and parts[2].lstrip("-").isdigit():
-                image, name, number = parts[0], parts[1], int(parts[2])
-                if number < 0:
-                    raise DatasetFormatError(path, lineno, f"expected a label id ≥ 0, got {number}")
-            elif len(parts) >= 2 and not parts[-1].lstrip("-").isdigit():
-                image, name, number = text.rsplit(maxsplit=1)[0], parts[-1], None
-            else:
-                raise DatasetFormatError(path, lineno, f"expected '<image path> <text label> <int label>' or "
-                                                       f"'<image path> <text label>', got {text!r}")
-            try:
-                normalize_name(name)
-            except UnknownLabelError as e:
-                raise DatasetFormatError(path, lineno, str(e)) from None
-            if rows and (rows[0][3] is None) != (number is None):
-                raise DatasetFormatError(path, lineno, f"this line {'lacks' if number is None else 'has'} the int "
-                                                       f"label column that line {rows[0][0]} "
-                                                       f"{'has' if number is None else 'lacks'}")
-            rows.append((lineno, image, name, number))
+    for lineno, line in read_lines(path, "image list"):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        parts = text.rsplit(maxsplit=2)
+        if len(parts) == 3 and _numeric(parts[2]):
+            image, name = parts[0], parts[1]
+            number = parse_int(parts[2], path, lineno, "a label id", 0, column=3)
+        elif len(parts) >= 2 and not _numeric(parts[-1]):
+            image, name, number = text.rsplit(maxsplit=1)[0], parts[-1], None
+        else:
+            raise DatasetFormatError(path, lineno, f"expected '<image path> <text label> <int label>' or "
+                                                   f"'<image path> <text label>', got {text!r}")
+        try:
+            normalize_name(name)
+        except UnknownLabelError as e:
+            raise DatasetFormatError(path, lineno, str(e)) from None
+        if rows and (rows[0][3] is None) != (number is None):
+            raise DatasetFormatError(path, lineno, f"this line {'lacks' if number is None else 'has'} the int "
+                                                   f"label column that line {rows[0][0]} "
+                                                   f"{'has' if number is None else 'lacks'}")
+        rows.append((lineno, image, name, number))
     return rows
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from fastfer.data.base import DatasetFormatError, FERDataset, read_image, require_dir, require_file
+from fastfer.data.textfile import parse_int, read_lines
 from fastfer.labels import NATIVE_ORDERS
 
 SPLITS = ("train", "test")
@@ -42,17 +43,14 @@ def _file_name(listed: str, naming: str) -> str:
 def read_rafdb_list(path: Path) -> list[tuple[int, str, int]]:
     """Parse a RAF-DB list file → ``[(line number, file name, native id 0..6)]`` (file labels are 1-based)."""
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise DatasetFormatError(path, lineno, f"expected '<image name> <label 1..7>', got {line.strip()!r}")
-            name, label = parts
-            if not label.isdigit() or not 1 <= int(label) <= 7:
-                raise DatasetFormatError(path, lineno, f"expected a label in 1..7, got {label!r}")
-            rows.append((lineno, name, int(label) - 1))
+    for lineno, line in read_lines(path, "RAF-DB list"):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise DatasetFormatError(path, lineno, f"expected '<image name> <label 1..7>', got {line.strip()!r}")
+        name, label = parts
+        rows.append((lineno, name, parse_int(label, path, lineno, "a label", 1, 7, column=2) - 1))
     return rows
 
 

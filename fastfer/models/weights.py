@@ -178,6 +178,15 @@ def find_weights(path: str | os.PathLike) -> Path:
 
 # --- rebuilding a model -------------------------------------------------------------------------------------
 
+def check_finite(state: dict, where: str) -> None:
+    """Refuse weights holding NaN/inf (a model built from them labels every face at random), naming the tensors."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())
+           and not (k.endswith("text_embed") and bool(v.isnan().all()))]  # FER-former's "not built yet" marker
+    if bad:
+        raise CheckpointError(f"checkpoint {where!r}: {len(bad)} tensor(s) hold NaN or inf: {', '.join(bad[:6])}"
+                              f"{' …' if len(bad) > 6 else ''}; the weights are broken (a diverged run?)")
+
+
 def check_fits(model: nn.Module, state: dict, where: str) -> None:
     """Raise :class:`CheckpointError` naming shape mismatches (class count first) and missing / unexpected keys."""
     own = model.state_dict()
@@ -246,6 +255,7 @@ def load_model(source: str | os.PathLike, model_name: Optional[str] = None, num_
     names = label_names or meta.get("label_names")
     if names is not None:
         kwargs["label_names"] = tuple(names)
+    check_finite(state, path)
     model = create_model(name, **kwargs)
     check_fits(model, state, path)
     model.load_state_dict(state, strict=True)

@@ -149,3 +149,32 @@ def load_checkpoint(folder: str | os.PathLike) -> tuple[dict, dict, dict]:
         raise CheckpointError(f"{folder}: {WEIGHTS_FILE} (save {meta.get('save_id')}) and {STATE_FILE} (save "
                               f"{state.get('save_id')}) come from different saves")
     return weights, meta, state
+
+
+def load_resumable(run: str | os.PathLike) -> tuple[Path, dict, dict, dict, Optional[str]]:
+    """The newest intact checkpoint of a run folder (or of a ``checkpoints`` folder, or one ``ckpt-*`` folder).
+
+    Returns ``(folder, weights, metadata, state, note)``. When the checkpoint ``latest`` names is missing,
+    truncated or inconsistent, the newest older one that loads completely is used instead and ``note`` says which
+    was skipped and why (the caller warns); when none loads, :class:`CheckpointError` names each one and why.
+    """
+    run = Path(run)
+    try:
+        folder = resolve_checkpoint_dir(run)
+        return (folder, *load_checkpoint(folder), None)
+    except CheckpointError as first:
+        problem = str(first)
+    root = run / CHECKPOINT_DIR if (run / CHECKPOINT_DIR).is_dir() else run
+    latest = read_latest(root)
+    candidates = sorted((p for p in root.glob("ckpt-*") if p.is_dir() and p.name != latest), reverse=True)
+    tried = []
+    for folder in candidates:
+        try:
+            loaded = load_checkpoint(folder)
+        except (CheckpointError, OSError) as exc:
+            tried.append(f"{folder.name}: {exc}")
+            continue
+        return (folder, *loaded, f"the latest checkpoint is unusable ({problem}); resuming from the newest intact "
+                                 f"one, {folder}")
+    detail = "; ".join(tried) if tried else "no older checkpoint"
+    raise CheckpointError(f"resume: {problem}; and no intact older checkpoint in {root} ({detail})")

@@ -118,7 +118,8 @@ class RuntimeConfig:
     log_every: int = 10
     tensorboard: bool = False
     overlay_images: int = 6  # APP/ATP overlay of this many validation faces (APViT models); 0 = none
-    collective_timeout_s: float = 300.0  # DDP: a rank that does not answer a collective within this ends the job
+    collective_timeout_s: float = 300.0  # DDP: how long a collective waits for the other ranks
+    stall_timeout_s: Optional[float] = 120.0  # DDP: end the job when a rank's heartbeat stops this long; None = off
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
@@ -446,3 +447,4 @@ def _validate_runtime(r: RuntimeConfig) -> None:
     _flag("runtime.tensorboard", r.tensorboard)
     _integer("runtime.overlay_images", r.overlay_images, 0)
     _number("runtime.collective_timeout_s", r.collective_timeout_s, 1)
+    _number("runtime.stall_timeout_s", r.stall_timeout_s, 1, optional=True)

@@ -31,8 +31,8 @@ from fastfer.train.data import (Augmented, build_splits, describe_counts, eval_l
                                 targets_of)
 from fastfer.train.evaluate import autocast, metrics_from_predictions, predict_loader, report_from_predictions
 from fastfer.train.recipes import stage_configs, task_class
-from fastfer.train.runtime import (MetricsLog, NonFiniteLossError, amp_dtype, default_run_dir, log_line,
-                                   pick_device, pick_threads, pick_workers, set_determinism)
+from fastfer.train.runtime import (MetricsLog, NonFiniteLossError, amp_dtype, create_run_dir, log_line, pick_device,
+                                   pick_threads, pick_workers, set_determinism)
 from fastfer.train.stage import Stage, build_stage
 
 STEP_SEED_TAG = 0x5EED  # keeps the per-step seeds apart from the per-sample seeds
@@ -95,7 +95,8 @@ class Trainer:
     def _setup_runtime(self) -> None:
         r = self.cfg.runtime
         self.device = pick_device(r.device)
-        self.info = dist_utils.init(self.device.type, timeout_s=r.collective_timeout_s)
+        self.info = dist_utils.init(self.device.type, timeout_s=r.collective_timeout_s,
+                                    stall_timeout_s=r.stall_timeout_s)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.info.local_rank)
         self.threads = pick_threads(r.threads, self.device, self.info.world_size)
@@ -108,18 +109,28 @@ class Trainer:
         self.main = self.info.is_main
 
     def _read_resume_state(self) -> tuple[dict, dict]:
-        folder = ckpt.resolve_checkpoint_dir(self.out_dir)
-        weights, _meta, state = ckpt.load_checkpoint(folder)
+        folder, weights, _meta, state, note = ckpt.load_resumable(self.out_dir)
+        if note and self.main:
+            log_line(f"warning: {note}")
         if state.get("world_size", 1) != self.info.world_size:
             raise ConfigError(f"resume: {folder} was saved with {state.get('world_size')} processes, this run has "
                               f"{self.info.world_size}; exact resume needs the same world size")
         return state, weights
 
     def _setup_run_folder(self) -> None:
-        if self.out_dir is None:
-            self.out_dir = Path(dist_utils.broadcast_object(str(default_run_dir()) if self.main else None))
-        if self.main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+        """Rank 0 makes a new run folder (never an existing run's; see create_run_dir) and tells the others;
+        a refusal reaches every rank."""
+        if not self.resume:
+            answer = None
+            if self.main:
+                try:
+                    answer = str(create_run_dir(self.out_dir))
+                except ConfigError as exc:
+                    answer = "\0" + str(exc)
+            answer = dist_utils.broadcast_object(answer)
+            if answer.startswith("\0"):
+                raise ConfigError(answer[1:])
+            self.out_dir = Path(answer)
         self.ckpt_root = self.out_dir / ckpt.CHECKPOINT_DIR
         self.log = MetricsLog(self.out_dir, enabled=self.main, tensorboard=self.cfg.runtime.tensorboard)
 
@@ -195,8 +206,13 @@ class Trainer:
 
         cfg = self.cfg
         kwargs = {k: v for k, v in cfg.model.kwargs.items() if k != "text_encoder"}
+        d = cfg.data
+        # Everything that defines the data, so `fastfer eval --checkpoint RUN` rebuilds the run's own test split.
+        data_split = dict(val_fraction=d.val_fraction, val_source=d.val_source, seed=cfg.runtime.seed,
+                          labels=d.labels)
         return dict(model=cfg.model.name, model_kwargs=kwargs, num_classes=len(self.label_names),
-                    label_names=list(self.label_names), recipe=cfg.recipe, data=cfg.data.spec,
+                    label_names=list(self.label_names), recipe=cfg.recipe, data=d.spec, data_kwargs=dict(d.kwargs),
+                    data_split=data_split,
                     preprocessing=dict(input_size=[3, self.image_size, self.image_size], mean=list(self.mean),
                                        std=list(self.std), interpolation="bilinear",
                                        alignment=self.splits.alignment, test_transform=cfg.data.transform),

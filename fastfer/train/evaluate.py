@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastfer.train import distributed as dist_utils
+from fastfer.utils.errors import FastferError
 from fastfer.train.metrics import classification_report, confusion_matrix, summarize
 
 
@@ -85,6 +86,23 @@ def report_from_predictions(pred: dict[str, torch.Tensor], label_names) -> dict:
     return report
 
 
+class NonFiniteOutputError(FastferError, ValueError):
+    """A model produced NaN/inf outputs: no metric is computed from them."""
+
+
+def check_finite(pred: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse to score non-finite outputs (an accuracy from NaN logits is a number that means nothing)."""
+    for key, value in pred.items():
+        if key == "targets" or not value.is_floating_point():
+            continue
+        bad = ~torch.isfinite(value).all(dim=-1) if value.dim() > 1 else ~torch.isfinite(value)
+        if bool(bad.any()):
+            rows = bad.nonzero().flatten()[:5].tolist()
+            raise NonFiniteOutputError(f"{what}: the model's {key} are not finite for {int(bad.sum())} of "
+                                       f"{len(value)} images (first rows {rows}); no accuracy is reported — check "
+                                       f"the checkpoint's weights")
+
+
 def evaluate_checkpoint(checkpoint, data: Optional[str] = None, split: str = "test", data_kwargs: Optional[dict] = None,
                         batch_size: int = 128, amp: str = "auto", device: str = "auto", workers: Optional[int] = None,
                         threads: Optional[int] = None, out_dir=None) -> tuple[dict, list[str], list[str]]:
@@ -110,6 +128,8 @@ def evaluate_checkpoint(checkpoint, data: Optional[str] = None, split: str = "te
     spec = data or meta.get("data")
     if not spec:
         raise ValueError("data: required (the checkpoint does not name its dataset)")
+    if data is None:  # the run's own data: its reader options (synthetic sizes, seed, difficulty …) first
+        data_kwargs = {**(meta.get("data_kwargs") or {}), **(data_kwargs or {})}
     n_workers = pick_workers(workers, dev)
     dataset, alignment = build_eval_split(spec, split, dict(data_kwargs or {}), size, n_workers,
                                           num_classes=meta["num_classes"])
@@ -127,6 +147,7 @@ def evaluate_checkpoint(checkpoint, data: Optional[str] = None, split: str = "te
 
     t0 = time.perf_counter()
     pred = predict_loader(model, loader, dev, amp_dtype(amp, dev), outputs=task_class(meta["model"]).eval_outputs)
+    check_finite(pred, f"{meta['model']} ({checkpoint}) on {spec} [{split}]")
     report = report_from_predictions(pred, names)
     report.update(checkpoint=str(checkpoint), data=spec, split=split, model=meta["model"],
                   eval_time_s=time.perf_counter() - t0)

@@ -12,18 +12,64 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch import nn
+
+from fastfer.train.config import ConfigError
+from fastfer.utils.errors import FastferError
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(FastferError, RuntimeError):
     """The loss (or gradient norm) became NaN/inf; the message names the step and the last good checkpoint."""
+
+    exit_status = 3
+
+
+RUN_MARKERS = ("config.json", "checkpoints", "model.safetensors", "metrics.json")
 
 
 def default_run_dir(prefix: str = "") -> Path:
-    """``runs/<prefix><YYYYmmdd-HHMMSS>`` in the working directory."""
+    """``runs/<prefix><YYYYmmdd-HHMMSS>`` in the working directory (a name; :func:`create_run_dir` makes it)."""
     import time
 
     return Path("runs") / (prefix + time.strftime("%Y%m%d-%H%M%S"))
+
+
+def create_run_dir(out: Optional[Path] = None, prefix: str = "") -> Path:
+    """Make a new run folder and return it; never reuse or overwrite one.
+
+    ``out`` given: it must not exist or be empty — a folder holding a run (or anything else) is refused, so
+    ``--out EXISTING_RUN`` without ``--resume`` changes nothing. ``out`` None: ``runs/<prefix><timestamp>``,
+    suffixed ``-2``, ``-3`` … when taken. ``os.mkdir`` is atomic, so two processes starting in the same second
+    get different folders.
+    """
+    if out is not None:
+        out = Path(out)
+        if out.is_dir():
+            entries = sorted(p.name for p in out.iterdir())
+            if not entries:
+                return out
+            if set(entries) & set(RUN_MARKERS):
+                raise ConfigError(f"--out {out}: holds a training run ({', '.join(e for e in entries if e in RUN_MARKERS)}); "
+                                  f"pass --resume {out} to continue it, or choose another --out (nothing was changed)")
+            raise ConfigError(f"--out {out}: the folder is not empty ({', '.join(entries[:5])}"
+                              f"{' …' if len(entries) > 5 else ''}); choose a new or empty folder (nothing was changed)")
+        if out.exists():
+            raise ConfigError(f"--out {out}: exists and is not a folder")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(out)
+        except FileExistsError:  # another process made it just now
+            return create_run_dir(out, prefix)
+        return out
+    base = default_run_dir(prefix)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise ConfigError(f"run folder: cannot find a free name next to {base}")
 
 
 def pick_device(name: str) -> torch.device:

@@ -5,9 +5,13 @@ final name, never a partial file, and the temporary file is removed.
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import uuid
 from typing import Callable
+
+LOW_SPACE = 1 << 20  # bytes left on a filesystem below which a failed write is reported as a full disk
 
 
 def fsync_dir(path: str) -> None:
@@ -44,12 +48,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> str:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, Exception) and disk_full(folder, exc):
+            raise no_space(path) from exc
         raise
     fsync_dir(folder)
     return path
+
+
+def disk_full(folder: str, exc: BaseException) -> bool:
+    """Whether a failed write is a full disk: ENOSPC, or a writer's own error (torch.save says "enforce fail …
+    unexpected pos", safetensors "No space left") on a filesystem with (almost) no space left."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < LOW_SPACE
+    except OSError:
+        return False
+
+
+def no_space(path: str) -> OSError:
+    """The error a full disk gives, naming the file whose write failed (the old file, if any, is unchanged)."""
+    return OSError(errno.ENOSPC, f"no space left on the device writing {path} (any existing file there is "
+                                 f"unchanged)", path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> str:

@@ -26,7 +26,8 @@ def test_ferformer_list_maps_by_text_label_and_orders_natives_by_id(tmp_path):
 
 def test_two_column_lists_and_a_separate_root(tmp_path):
     write_image(tmp_path / "faces" / "x.png", 50)
-    lst = write_text(tmp_path / "lists" / "test.txt", "x.png neutral\nx.png Contempt\n")
+    write_image(tmp_path / "faces" / "y.png", 60)
+    lst = write_text(tmp_path / "lists" / "test.txt", "x.png neutral\ny.png Contempt\n")
     ds = LabelList(lst, root=tmp_path / "faces")
     assert ds.num_classes == 8 and ds.targets == [0, 7]
     seven = LabelList(lst, root=tmp_path / "faces", num_classes=7)
@@ -40,7 +41,7 @@ def test_two_column_lists_and_a_separate_root(tmp_path):
     ("a.png happy 3\nb.png happy 4\n", r"line 2: label 'happy' has id 4, but line 1 gave it 3"),
     ("a.png happy 3\nb.png sad 3\n", r"line 2: id 3 names 'sad' here and 'happy' on line 1"),
     ("a.png happy 3\nb.png sad\n", r"line 2: this line lacks the int label column that line 1 has"),
-    ("a.png happy -1\n", r"line 1: expected a label id ≥ 0, got -1"),
+    ("a.png happy -1\n", r"line 1: expected a label id ≥ 0, got '-1' \(column 3\)"),
     ("# only a comment\n", r"line 0: the list holds no image line"),
 ])
 def test_malformed_lists_name_file_and_line(tmp_path, text, match):

@@ -55,3 +55,59 @@ def test_bad_environment_is_reported(monkeypatch):
         dist_utils.env_info()
     with pytest.raises(ValueError, match="sync_bn: SyncBatchNorm needs CUDA"):
         dist_utils.wrap(torch.nn.BatchNorm1d(2), dist_utils.DistInfo(0, 2, 0), torch.device("cpu"), sync_bn=True)
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of the worker with RANK=rank among the descendants of torchrun (read from /proc)."""
+    import os
+    from pathlib import Path
+
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+        if ppid == parent and f"RANK={rank}".encode() in env and int(proc.name) != os.getpid():
+            return int(proc.name)
+    return None
+
+
+def test_a_stopped_rank_ends_the_job_naming_it(tmp_path):
+    """SIGSTOP one of two gloo ranks mid-run: the other's watchdog notices the missing heartbeat within the stall
+    timeout and ends the job with a line naming the rank (instead of waiting for gloo's collective timeout)."""
+    import os
+    import signal
+    import time
+
+    run = tmp_path / "stall"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "fastfer", *tiny_args(run, 200, extra=["--set", "stall_timeout_s=6"])]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = None
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not (run / "metrics.json").is_file():  # training is under way
+            time.sleep(0.5)
+        assert (run / "metrics.json").is_file(), "training did not start"
+        victim = _rank_pid(proc.pid, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - stopped_at
+    finally:
+        if victim is not None:
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.kill(victim, sig)
+                except ProcessLookupError:
+                    pass
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "rank 1 has not answered" in err, err[-2000:]
+    assert took < 90, f"the job took {took:.0f} s to end after the rank stopped"
