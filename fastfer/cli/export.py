@@ -1,7 +1,6 @@
 """``fastfer export``: a checkpoint → ONNX or a ``torch.export`` program, verified against PyTorch."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 
@@ -30,13 +29,9 @@ def run(args) -> int:
     from fastfer.infer import export_model
 
     out = args.out or default_output(args.checkpoint, args.format)
-    try:
-        result = export_model(args.checkpoint, out, format=args.format, batch=args.batch,
-                              dynamic_batch=not args.static_batch, opset=args.opset, verify=not args.no_verify,
-                              atol=args.atol, model_name=args.model)
-    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as exc:
-        print(f"fastfer export: {exc}", file=sys.stderr)
-        return 1
+    result = export_model(args.checkpoint, out, format=args.format, batch=args.batch,
+                          dynamic_batch=not args.static_batch, opset=args.opset, verify=not args.no_verify,
+                          atol=args.atol, model_name=args.model)
     batch = "dynamic batch" if result.dynamic_batch else f"batch {args.batch}"
     shape = ", ".join(map(str, result.input_shape))
     print(f"wrote {result.path} ({result.format}, {result.info.model_name}, input (B, {shape}) {batch}, "

@@ -22,6 +22,7 @@ import torch
 
 from fastfer import ops
 from fastfer.infer.loading import ModelInfo, load_model
+from fastfer.utils.files import atomic_write
 
 FORMATS = ("onnx", "torch-export")
 MAX_BATCH = 4096
@@ -147,10 +148,11 @@ def _export(net, info: ModelInfo, path: str, format: str, batch: int, dynamic_ba
     if parent:
         os.makedirs(parent, exist_ok=True)
     meta = metadata(info)
+    # Through a temporary file in the same folder: a failure (a full disk …) leaves any file already at `path`.
     if format == "onnx":
-        _save_onnx(program, example, path, opset, meta)
+        atomic_write(path, lambda tmp: _save_onnx(program, example, tmp, opset, meta))
     else:
-        torch.export.save(program, path, extra_files={"fastfer.json": json.dumps(meta)})
+        atomic_write(path, lambda tmp: torch.export.save(program, tmp, extra_files={"fastfer.json": json.dumps(meta)}))
     verified, diff = None, None
     if verify:
         check_batch = batch + 1 if dynamic_batch else batch

@@ -180,7 +180,8 @@ class Replace(dict):
 def parse_value(text: str) -> Any:
     """``--set key=value`` value: a Python/JSON literal (numbers, true/false/null, lists, dicts) or a string."""
     lowered = text.strip()
-    mapping = {"true": True, "false": False, "null": None, "none": None}
+    mapping = {"true": True, "false": False, "null": None, "none": None, "nan": math.nan, "inf": math.inf,
+               "-inf": -math.inf}
     if lowered.lower() in mapping:
         return mapping[lowered.lower()]
     try:

@@ -247,6 +247,7 @@ def build_splits(spec: str, data_kwargs: dict, val_fraction: float, val_source: 
 
         sizes = {s: kwargs.pop(f"{s}_size", None) for s in ("train", "val", "test")}
         cache = kwargs.pop("cache", True)
+        _check_synthetic_kwargs(kwargs)
         kwargs.setdefault("num_classes", num_classes or 7)
         sets = {s: SyntheticExpressions(s, size=sizes[s], image_size=image_size, **kwargs)
                 for s in ("train", "val", "test")}
@@ -290,6 +291,19 @@ def build_splits(spec: str, data_kwargs: dict, val_fraction: float, val_source: 
         else name
     alignment = ALIGNMENT.get(key, f"as provided by the dataset ({name})")
     return Splits(train, val, test, tuple(train.label_names), alignment, val_from, f"{native[1]} split")
+
+
+def _check_synthetic_kwargs(kwargs: dict) -> None:
+    import inspect
+
+    from fastfer.data import SyntheticExpressions
+
+    accepted = set(inspect.signature(SyntheticExpressions.__init__).parameters) - {"self", "split", "size",
+                                                                                    "image_size", "transform"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(f"data_kwargs: the synthetic set takes train_size, val_size, test_size, cache, "
+                         f"{', '.join(sorted(accepted))}; got unknown {', '.join(unknown)}")
 
 
 def _eval_kwargs(name: str, kwargs: dict) -> dict:
@@ -391,6 +405,7 @@ def build_eval_split(spec: str, split: str, data_kwargs: dict, image_size: int, 
         for s in ("train", "val", "test"):
             kwargs.pop(f"{s}_size", None)
         kwargs.pop("cache", None)
+        _check_synthetic_kwargs(kwargs)
         kwargs.setdefault("num_classes", num_classes or 7)
         ds = SyntheticExpressions(split, size=size, image_size=image_size, **kwargs)
         return materialize(ds, workers, f"drawing synthetic {split}"), ALIGNMENT["synthetic"]

@@ -60,7 +60,11 @@ class Trainer:
         self._setup_runtime()
         resume_state, weights = self._read_resume_state() if self.resume else (None, None)
         self._setup_run_folder()
-        model = self._build_model_and_data()
+        try:
+            model = self._build_model_and_data()
+        except BaseException:
+            self._drop_empty_run_folder()  # a run that failed before writing anything leaves no folder behind
+            raise
         if self.main:
             ckpt.atomic_write_text(self.out_dir / "config.json", json.dumps(self.cfg.to_json(), indent=2) + "\n")
             log_line(f"run folder {self.out_dir}\n" + self._describe())
@@ -133,6 +137,10 @@ class Trainer:
             self.out_dir = Path(answer)
         self.ckpt_root = self.out_dir / ckpt.CHECKPOINT_DIR
         self.log = MetricsLog(self.out_dir, enabled=self.main, tensorboard=self.cfg.runtime.tensorboard)
+
+    def _drop_empty_run_folder(self) -> None:
+        if self.main and not self.resume and self.out_dir.is_dir() and not any(self.out_dir.iterdir()):
+            self.out_dir.rmdir()
 
     def _preprocessing(self) -> tuple[int, tuple, tuple]:
         """(input side, mean, std): the model's registered pretrained_cfg, overridden by img_size / input_size."""

@@ -93,5 +93,8 @@ def test_errors(model, tmp_path, capsys):
         export_model(model, tmp_path / "m.tflite", format="tflite")
     with pytest.raises(ValueError, match="batch"):
         export_model(model, tmp_path / "m.pt2", format="torch-export", batch=0)
-    assert _cli(["export", "--checkpoint", str(tmp_path / "none.safetensors")]) == 1
-    assert "none.safetensors" in capsys.readouterr().err
+    from fastfer.cli import main
+
+    assert main(["export", "--checkpoint", str(tmp_path / "none.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "none.safetensors" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
