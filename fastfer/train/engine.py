@@ -193,10 +193,30 @@ class Trainer:
         test_tf = make_transforms(d.transform, size, mean, std, False)
         self.val_set = Augmented(self.splits.val, test_tf)
         self.test_set = Augmented(self.splits.test, test_tf)
+        self.validate = len(self.splits.val) > 0
+        if not self.validate:
+            self._no_validation()
         eb = cfg.schedule.eval_batch_size or 2 * cfg.schedule.batch_size
         pin = self.device.type == "cuda"
         self.val_loader = eval_loader(self.val_set, eb, self.workers, self.info.rank, self.info.world_size, pin)
         self.test_loader = eval_loader(self.test_set, eb, self.workers, self.info.rank, self.info.world_size, pin)
+
+    def _no_validation(self) -> None:
+        """The documented fallback for a dataset too small to give a validation image: train without per-epoch
+        validation (no val_* metrics) and say so — unless the recipe needs them, which is an error naming why."""
+        s, d = self.cfg.schedule, self.cfg.data
+        needs = [f"{name} monitors {monitor}" for name, monitor in
+                 (("schedule.early_stopping", (s.early_stopping or {}).get("monitor", "")),
+                  ("schedule.select_best", s.select_best or "")) if monitor.startswith("val_")]
+        if any(c.schedule.name == "plateau" for _, c, _ in stage_configs(self.cfg)):
+            needs.append("the plateau schedule follows val_accuracy")
+        where = f"{self.splits.val_from}, from {len(self.splits.train)} training images"
+        if needs:
+            raise ConfigError(f"data: the validation split is empty ({where}) but {'; '.join(needs)}; use more data "
+                              f"or a larger --set val_fraction=… (now {d.val_fraction})")
+        if self.main:
+            log_line(f"note: the validation split is empty ({where}); training without per-epoch validation "
+                     f"(use more data or a larger --set val_fraction=… to get val metrics)")
 
     def _load_init_weights(self, model: nn.Module) -> None:
         """Load each ``model.init_weights`` file (a partial fastfer state_dict) into the fresh model."""
@@ -353,7 +373,8 @@ class Trainer:
                    lr=stage.optimizer.param_groups[0]["lr"], train_loss=float(sums[0]) / n,
                    train_accuracy=float(sums[1]) / n, images_per_s=float(sums[2]) / max(elapsed, 1e-9),
                    epoch_time_s=elapsed)
-        row.update(self._evaluate(stage.ema.module if stage.ema else model, self.val_loader, "val"))
+        if self.validate:
+            row.update(self._evaluate(stage.ema.module if stage.ema else model, self.val_loader, "val"))
         return row
 
     def _evaluate(self, model: nn.Module, loader, prefix: str) -> dict:
@@ -458,7 +479,8 @@ class Trainer:
 
 def _format_row(row: dict, epochs: int) -> str:
     extra = "".join(f" {k[4:]} {row[k]:.3f}" for k in ("val_text_accuracy", "val_fused_accuracy") if k in row)
+    val = (f"val loss {row['val_loss']:.3f} acc {row['val_accuracy']:.3f} mca {row['val_mean_class_accuracy']:.3f} "
+           f"F1 {row['val_macro_f1']:.3f}{extra}" if "val_loss" in row else "no validation")
     return (f"[{row['stage']}] epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.3f} acc "
-            f"{row['train_accuracy']:.3f} | val loss {row['val_loss']:.3f} acc {row['val_accuracy']:.3f} mca "
-            f"{row['val_mean_class_accuracy']:.3f} F1 {row['val_macro_f1']:.3f}{extra} | lr {row['lr']:.2e} | "
-            f"{row['images_per_s']:.0f} img/s | {row['epoch_time_s']:.0f} s")
+            f"{row['train_accuracy']:.3f} | {val} | lr {row['lr']:.2e} | {row['images_per_s']:.0f} img/s | "
+            f"{row['epoch_time_s']:.0f} s")

@@ -146,3 +146,27 @@ def test_ferplus_soft_labels_train_and_evaluate_on_majority(tmp_path, capsys):
     assert report["n"] == 6
     hist = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= hist[-1]["train_accuracy"] <= 1.0 and hist[-1]["train_loss"] > 0
+
+
+def test_a_folder_too_small_for_validation_trains_without_it(tmp_path, capsys):
+    """0 validation images: a clear note and training without per-epoch validation (never a KeyError); a recipe
+    that needs val metrics is a one-line error instead."""
+    from tests.data.fixtures import write_image
+
+    root = tmp_path / "ds"
+    for split, n in (("train", 1), ("test", 2)):  # one image per class: the 10 % hold-out takes none
+        for cls in ("happy", "sad"):
+            for i in range(n):
+                write_image(root / split / cls / f"{i}.png", 10 * i + (100 if cls == "happy" else 0), (32, 32))
+    run = tmp_path / "r"
+    args = tiny_args(run, 1, extra=["--data", f"folder:{root}", "--set", "data_kwargs={}", "--batch-size", "2",
+                                    "--set", "overlay_images=0"])
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "the validation split is empty" in out and "no validation" in out
+    hist = json.loads((run / "metrics.json").read_text())
+    assert "val_accuracy" not in hist[0] and json.loads((run / "test_report.json").read_text())["n"] == 4
+    code = main(tiny_args(tmp_path / "r2", 1, extra=["--data", f"folder:{root}", "--set", "data_kwargs={}",
+                                                    "--batch-size", "2", "--set", "select_best=val_accuracy"]))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "the validation split is empty" in err and "select_best monitors val_accuracy" in err
