@@ -32,7 +32,7 @@ _ALIASES = {
 NON_EXPRESSIONS: frozenset[str] = frozenset({"unknown", "nf", "none", "uncertain", "no-face"})
 
 NATIVE_ORDERS: dict[str, tuple[str, ...]] = {
-    # datasets (datasets.md §2)
+    # datasets (docs/datasets.md §2)
     "fer2013": ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"),
     "expw": ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"),
     "rafdb": ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"),  # file labels 1..7

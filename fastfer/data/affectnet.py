@@ -1,4 +1,4 @@
-"""AffectNet reader, 7 or 8 classes (``datasets.md`` §6).
+"""AffectNet reader, 7 or 8 classes (``docs/datasets.md`` §6).
 
 Layouts (``layout="auto"`` picks the first present under ``root``):
 - ``"csv"`` (original release): ``Manually_Annotated_file_lists/{training,validation}.csv`` with columns

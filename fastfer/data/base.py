@@ -1,6 +1,6 @@
 """What every dataset reader shares: errors, path checks, image decoding, the corrupt-image policy, the summary.
 
-Reader contract (``datasets.md`` §9): ``dataset[i]`` returns ``(image, label)`` where ``image`` is an RGB
+Reader contract (``docs/datasets.md`` §9): ``dataset[i]`` returns ``(image, label)`` where ``image`` is an RGB
 ``uint8 [3, H, W]`` tensor (or ``transform(image)``) and ``label`` is the canonical index
 (``fastfer.labels.EXPRESSIONS`` order). Each reader exposes ``native_names`` (its own class order),
 ``label_names`` (canonical names of the label set), ``native_to_canonical`` (native id → canonical index, −1 =

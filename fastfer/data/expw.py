@@ -1,4 +1,4 @@
-"""ExpW (Expression in-the-Wild) reader (``datasets.md`` §8): faces cut from scene images on load.
+"""ExpW (Expression in-the-Wild) reader (``docs/datasets.md`` §8): faces cut from scene images on load.
 
 Layout: ``image/origin/<image>.jpg`` (full scenes) and ``label/label.lst``, one face per line::
 

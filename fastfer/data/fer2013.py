@@ -1,4 +1,4 @@
-"""FER2013 reader (``datasets.md`` §4): 48×48 gray faces stored as pixel strings in a CSV.
+"""FER2013 reader (``docs/datasets.md`` §4): 48×48 gray faces stored as pixel strings in a CSV.
 
 Layouts:
 - ``fer2013.csv`` with columns ``emotion,pixels,Usage``; ``Usage`` Training / PublicTest / PrivateTest map to

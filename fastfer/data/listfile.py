@@ -1,5 +1,5 @@
-"""Image list files: one image per line, ``path  text_label  int_label`` (FER-former's format, ``ferformer.md``
-§2) or ``path  text_label``.
+"""Image list files: one image per line, ``path  text_label  int_label`` (FER-former's format, ``docs/datasets.md``
+§3) or ``path  text_label``.
 
 Labels are mapped to canonical **by the text label** (``happy``, ``Happiness``, ``angry``, … folded by
 :func:`fastfer.labels.normalize_name`); the integer column, when present, must agree with it: every line

@@ -1,4 +1,4 @@
-"""RAF-DB (basic) reader (``datasets.md`` §3).
+"""RAF-DB (basic) reader (``docs/datasets.md`` §3).
 
 Layout (``root`` = the ``basic`` folder, or a folder holding ``basic/``)::
 

@@ -1,4 +1,4 @@
-"""SFEW 2.0 reader (``datasets.md`` §7): ``{Train,Val}/{Angry,Disgust,Fear,Happy,Neutral,Sad,Surprise}/*``.
+"""SFEW 2.0 reader (``docs/datasets.md`` §7): ``{Train,Val}/{Angry,Disgust,Fear,Happy,Neutral,Sad,Surprise}/*``.
 
 Folders are mapped by name, not by their alphabetical position (which would swap neutral and sad relative to
 FER2013). Test labels are not public, so the splits are ``train`` and ``val``. Frames come from movies: faces

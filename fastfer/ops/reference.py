@@ -1,6 +1,6 @@
 """Pure-PyTorch reference of every fastfer op.
 
-This module is the specification of the ops (DESIGN §2), the ``torch`` backend (CPU fallback) and the oracle
+This module is the specification of the ops (docs/design.md §2), the ``torch`` backend (CPU fallback) and the oracle
 the kernels are tested against. It favours clarity over speed: it materialises what the kernels avoid
 (gathered queries, the M×N logits), accumulates in fp32 (fp64 for fp64 inputs) and returns values in the
 input dtype, scores in fp32 and indices in int64.

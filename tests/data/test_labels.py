@@ -14,7 +14,7 @@ from fastfer.labels import (
     permute_rows,
 )
 
-# datasets.md §2, "native → canonical" column, typed from the spec (−1 = dropped)
+# docs/datasets.md §2, "native → canonical" column, typed from the spec (−1 = dropped)
 SPEC_MAPS = {
     "fer2013": (6, 5, 4, 1, 2, 3, 0),
     "expw": (6, 5, 4, 1, 2, 3, 0),
@@ -70,7 +70,7 @@ def test_duplicate_names_rejected():
 
 
 def test_apvit_raf_table_is_reproduced_by_names():
-    # APViT remaps RAF-DB file order to its FER_CLASSES with (5, 2, 1, 4, 3, 0, 6) (apvit.md §6)
+    # APViT remaps RAF-DB file order to its FER_CLASSES with (5, 2, 1, 4, 3, 0, 6) (the official APViT code)
     assert order_map(NATIVE_ORDERS["rafdb"], NATIVE_ORDERS["apvit"][:7]) == (5, 2, 1, 4, 3, 0, 6)
 
 

@@ -1,5 +1,5 @@
 """Shared setup of the extension tests: the built extension (or a skip that says why it cannot be built),
-and forward checks of a backend against the reference by the tolerance rule (kernels.md §7).
+and forward checks of a backend against the reference by the tolerance rule (docs/design.md §4).
 
 A build that can start but fails is an error, not a skip: C++ that does not compile must fail the suite.
 """

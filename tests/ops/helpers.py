@@ -1,6 +1,6 @@
 """Shared oracles and checks for the op tests.
 
-Tolerance rule (kernels.md §7): a backend's error against an fp64 reference may be at most twice the error
+Tolerance rule (docs/design.md §4): a backend's error against an fp64 reference may be at most twice the error
 of plain PyTorch computing the same thing in the same precision (+1e-5 absolute floor where that baseline is
 ~0). Indices are compared exactly only where the margin between the k-th and (k+1)-th score exceeds the
 measured score error; elsewhere the selection must merely be valid (no dropped score above a kept one).
