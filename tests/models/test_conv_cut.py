@@ -94,8 +94,9 @@ def test_parameter_counts_match_the_keras_model(full_run):
     assert counts["trunk"] == 51_640_448  # Keras layers[-57] cut of ConvNeXtBase
     assert counts["det"] == 206_336
     assert counts["attention"] == 3 * 65_792  # Q, K, V Linear(256, 256) with bias
-    assert counts["trainable"] == 412_231  # convcut.md §4.2, frozen trunk, 7 classes
-    keras = timm.create_model("conv_cut", attention="keras_batch").count_parameters()
+    assert counts["trainable"] == counts["total"]  # the trunk trains by default; freezing is the recipe's choice
+    assert counts["total"] - counts["trunk"] == 412_231  # convcut.md §4.2: trainable with a frozen trunk, 7 classes
+    keras = timm.create_model("conv_cut", attention="keras_batch", trunk="frozen").count_parameters()
     assert keras["trainable"] == 214_856 and keras["attention"] == 1
     assert keras["total"] + 2 * 32 == 51_855_368  # + BatchNorm moving mean/variance (Keras counts them)
 
@@ -130,7 +131,10 @@ def test_det_same_padding_is_symmetric_one_at_14():
 
 
 def test_trunk_options_freeze_what_they_say():
-    model = tiny()
+    assert all(p.requires_grad for p in tiny().parameters())  # default trunk="all": a plain timm model
+    model = tiny(trunk="frozen")
+    assert model.count_parameters()["trainable"] == sum(p.numel() for n, p in model.named_parameters()
+                                                        if not n.startswith("base_model."))
     model.train()
     assert not model.base_model.training and model.pre_classification.training  # frozen trunk stays in eval
     assert not any(p.requires_grad for p in model.base_model.parameters())

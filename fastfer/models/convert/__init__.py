@@ -50,7 +50,7 @@ def _fer_former(path, strict: bool = True, ir_stages: Optional[int] = None) -> C
     except ValueError as err:
         raise CheckpointError(f"fer-former: {err}") from None
     conv.label_names = label_names(conv.state_dict["head.weight"].shape[0])
-    conv.notes.append("text_embed is NaN (the release stores no CLIP features): build it with "
+    conv.notes.append("no text_embed (the release stores no CLIP features): build it with "
                       "model.build_text_features(...) or train with --text-encoder")
     return conv
 
