@@ -88,7 +88,8 @@ class ConvNeXtTrunk(nn.Module):
         self.cut = cut
         self.out_channels = dims[2]
         self.stem = nn.Sequential(nn.Conv2d(3, dims[0], 4, 4), LayerNorm2d(dims[0], eps=1e-6))
-        rates = torch.linspace(0, drop_path_rate, sum(full_depths)).split(list(full_depths))
+        # host-side (device="cpu"): the rates become Python floats, also when the model is built on meta
+        rates = torch.linspace(0, drop_path_rate, sum(full_depths), device="cpu").split(list(full_depths))
         stages, prev = [], dims[0]
         for i, (dim, depth) in enumerate(zip(dims, depths)):
             stages.append(ConvNeXtStage(

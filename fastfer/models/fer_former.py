@@ -159,7 +159,7 @@ class FerFormer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.clip_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens + 2, embed_dim)) if use_pos_embed else None
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # host-side (meta-safe)
         self.blocks = nn.Sequential(*[
             PoolingBlock(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=rates[i],
                          norm_eps=norm_eps)

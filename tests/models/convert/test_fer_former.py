@@ -13,7 +13,9 @@ from fastfer.models.convert.fer_former import (
     convert_official,
     load_official,
 )
+from fastfer.models.convert import fer_former_conversion
 from fastfer.models.irse import IRSE, STAGE_UNITS
+from fastfer.models.weights import read_metadata
 from tests.models.official_ferformer import to_official
 
 
@@ -25,6 +27,11 @@ def tiny(**kw):
 class RandomText:
     def encode(self, prompts):
         return torch.randn(len(prompts), 512, generator=torch.Generator().manual_seed(3))
+
+
+class RandomMetaText:
+    def encode(self, prompts):
+        return torch.empty(len(prompts), 512, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +85,16 @@ def test_timm_pretrained_from_an_official_file_and_the_cli(source, tmp_path):
     written = load_file(str(dst))
     assert written.keys() == source.state_dict().keys() - {"text_embed"}
     assert torch.equal(written["head.bias"], torch.arange(7.0))
+    assert read_metadata(dst) == {}  # not the paper's configuration: no model metadata to rebuild from
+
+
+def test_a_paper_configuration_conversion_names_its_model():
+    with torch.device("meta"):
+        paper = timm.create_model("fer_former", text_encoder=RandomMetaText())
+    conv = fer_former_conversion(to_official(paper.state_dict()))
+    assert conv.complete and conv.model_metadata() == dict(
+        model="fer_former", model_kwargs=dict(text_token="cls"), source="fer-former", num_classes=7,
+        label_names=list(EXPRESSIONS[:7]))  # the release feeds token 0 to both heads
 
 
 def test_official_errors(source):
