@@ -373,3 +373,67 @@ def test_compile_fullgraph_forward_backward_matches_eager(text_file):
 def test_bad_arguments_name_the_argument(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny(**kwargs)
+
+
+# --- the text head exists with its features; state_dicts load both ways ------------------------------------------
+
+def test_text_head_exists_only_with_text_features(text_file):
+    plain = tiny()
+    assert plain.text_proj is None and plain.text_embed is None and not plain.text_ready
+    assert not any(k.startswith(("text_proj.", "text_embed")) for k in plain.state_dict())
+    with_text = tiny(text_encoder=text_file)
+    assert with_text.text_ready and with_text.text_proj.weight.shape == (64, 512)
+    assert with_text.count_parameters()["text_proj"] == 512 * 64 + 64 and plain.count_parameters()["text_proj"] == 0
+
+
+def test_state_dicts_load_both_ways(text_file):
+    trained = tiny(text_encoder=text_file).eval()
+    with torch.no_grad():
+        trained.text_proj.bias.uniform_(-1, 1)
+    x = images(2)
+    # a model without a text head adopts one from the state_dict (text_proj and text_embed)
+    fresh = tiny().eval()
+    fresh.load_state_dict(trained.state_dict())
+    assert fresh.text_ready
+    torch.testing.assert_close(fresh.forward_outputs(x).text_logits, trained.forward_outputs(x).text_logits)
+    # a state_dict without one (label head only) leaves the model's own text head as it is
+    label_only = {k: v for k, v in tiny().state_dict().items()}
+    own = trained.text_features().clone()
+    result = trained.load_state_dict(label_only)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    torch.testing.assert_close(trained.text_features(), own)
+    # an older fastfer file marked "no text features" with NaN rows: it loads as a model without them
+    old = dict(label_only, text_embed=torch.full((7, 512), float("nan")),
+               **{"text_proj.weight": torch.randn(64, 512), "text_proj.bias": torch.zeros(64)})
+    legacy = tiny()
+    legacy.load_state_dict(old)
+    assert legacy.text_embed is None and not legacy.text_ready and legacy.text_proj is not None
+    torch.testing.assert_close(legacy.text_proj.weight, old["text_proj.weight"])
+    with pytest.raises(RuntimeError, match="no text features yet"):
+        legacy.forward_outputs(x)
+
+
+def test_timm_pretrained_file_with_a_text_head_loads(tmp_path, text_file):
+    from safetensors.torch import save_file
+
+    trained = tiny(text_encoder=text_file).eval()
+    path = tmp_path / "fer_former_tiny.safetensors"
+    save_file(trained.state_dict(), str(path))
+    loaded = timm.create_model("fer_former_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    assert loaded.text_ready
+    torch.testing.assert_close(loaded.text_features(), trained.text_features())
+
+
+def test_unpooled_mode_and_nchw_intermediates():
+    model = tiny(num_classes=0, global_pool="").eval()
+    x = images(1, size=56)
+    tokens = model(x)
+    assert tokens.shape == (1, 52, 64)
+    with pytest.raises(ValueError, match="global_pool='': .* expected head_fusion='cls', got 'fused'"):
+        tiny(head_fusion="fused", global_pool="")
+    with pytest.raises(ValueError, match="global_pool: expected one of"):
+        tiny().reset_classifier(0, "avg")
+    _, (grid,) = model.forward_intermediates(x, indices=1)
+    assert grid.shape == (1, 64, 6, 6)  # the 36 finest (p = 2) tokens on their 6×6 grid, raster order
+    torch.testing.assert_close(grid.flatten(2).transpose(1, 2), tokens[:, 2:38])
+    assert model.feature_info[0]["reduction"] == pytest.approx(56 / 6)
