@@ -235,9 +235,10 @@ class FerFormer(nn.Module):
         self.text_encoder_name = getattr(enc, "encoder", type(enc).__name__)
         return self.text_embed
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        """Adopt the text head of a state_dict (``text_proj.*``, ``text_embed``) before loading it; an older
-        fastfer file marks "no text features" with an all-NaN ``text_embed``, which is skipped."""
+    def adopt_state_dict(self, state_dict: dict, prefix: str = "") -> None:
+        """Build the text head a state_dict holds (``text_proj.*``, ``text_embed``), without loading values,
+        so that the model's keys match it; ``load_state_dict`` does this itself. An older fastfer file marks
+        "no text features" with an all-NaN ``text_embed``: that entry is removed from ``state_dict``."""
         key = prefix + "text_embed"
         embed = state_dict.get(key)
         if embed is not None and embed.device.type != "meta" and bool(torch.isnan(embed).all()):
@@ -250,6 +251,9 @@ class FerFormer(nn.Module):
             self._ensure_text_proj(weight.shape[0], weight.shape[1], bias=prefix + "text_proj.bias" in state_dict)
         if embed is not None:
             self._ensure_text_proj()  # text features without a projection: the head starts from PyTorch's init
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        self.adopt_state_dict(state_dict, prefix)
         own = {"text_embed": self.text_embed is not None, "text_proj.weight": self.text_proj is not None,
                "text_proj.bias": self.text_proj is not None and self.text_proj.bias is not None}
         self._absent_text_keys = [prefix + k for k in _TEXT_KEYS if own[k] and prefix + k not in state_dict]

@@ -437,3 +437,15 @@ def test_unpooled_mode_and_nchw_intermediates():
     assert grid.shape == (1, 64, 6, 6)  # the 36 finest (p = 2) tokens on their 6×6 grid, raster order
     torch.testing.assert_close(grid.flatten(2).transpose(1, 2), tokens[:, 2:38])
     assert model.feature_info[0]["reduction"] == pytest.approx(56 / 6)
+
+
+def test_load_model_rebuilds_a_trained_file_with_its_text_head(tmp_path, text_file):
+    from fastfer.models.weights import load_model, save_weights
+
+    trained = tiny(text_encoder=text_file).eval()
+    path = save_weights(tmp_path / "model.safetensors", trained.state_dict(),
+                        metadata=dict(model="fer_former_tiny", model_kwargs={}, num_classes=7))
+    model, _ = load_model(path)  # the metadata carries no text encoder: the text head comes with the weights
+    assert model.text_ready
+    x = images(2)
+    torch.testing.assert_close(model.forward_outputs(x).text_logits, trained.forward_outputs(x).text_logits)

@@ -1,21 +1,19 @@
 """The released Conv-cut Keras model (``.h5``) → a complete fastfer Conv-cut state_dict, trunk included.
 
 Keras names (``keras.applications.ConvNeXtBase`` + the Conv-cut head, convcut.md §9), with ``P`` the
-applications' model prefix (``convnext_base``) and the conversion of each kernel layout:
+applications' model prefix (``convnext_base``) and ``B`` = ``P_stage_{s}_block_{b}``. Layouts: conv = Keras
+(kh, kw, in/groups, out) → (out, in/groups, kh, kw); Dense = (in, out) → (out, in); depthwise = SeparableConv2D
+(k, k, C, 1) → (C, 1, k, k); pointwise = (1, 1, in, out) → (out, in, 1, 1).
 
 | Keras layer / weight | fastfer key | layout |
 |---|---|---|
-| ``P_stem_conv/{kernel,bias}`` | ``base_model.stem.0.*`` | conv (kh, kw, in, out) → (out, in, kh, kw) |
-| ``P_stem_layernorm/{gamma,beta}`` | ``base_model.stem.1.{weight,bias}`` | |
-| ``P_downsampling_layernorm_{i}/*`` | ``base_model.stages.{i+1}.downsample.0.*`` | |
-| ``P_downsampling_conv_{i}/*`` | ``base_model.stages.{i+1}.downsample.1.*`` | conv |
-| ``P_stage_{s}_block_{b}_depthwise_conv/*`` | ``base_model.stages.{s}.blocks.{b}.conv_dw.*`` | conv (7, 7, 1, C) → (C, 1, 7, 7) |
-| ``P_stage_{s}_block_{b}_layernorm/*`` | ``….blocks.{b}.norm.*`` | |
-| ``P_stage_{s}_block_{b}_pointwise_conv_{1,2}/*`` | ``….blocks.{b}.mlp.fc{1,2}.*`` | Dense (in, out) → (out, in) |
-| ``P_stage_{s}_block_{b}_layer_scale/<any>`` | ``….blocks.{b}.gamma`` | |
-| ``P_prestem_normalization/*``, ``P_head_*``, stage 3 | dropped (ImageNet mean/std is fastfer's preprocessing) | |
-| ``patch_extraction/separable_conv2d{,_1}/*`` | ``patch_extraction.conv{1,2}.{depthwise,pointwise}.*`` | depthwise (k, k, C, 1) → (C, 1, k, k), pointwise (1, 1, in, out) → (out, in, 1, 1) |
-| ``pre_classification/dense*/*``, ``…/batch_normalization*/*`` | ``pre_classification.{dense,batch_normalization}.*`` | Dense |
+| ``P_stem_conv/{kernel,bias}``, ``P_stem_layernorm/{gamma,beta}`` | ``base_model.stem.{0,1}.*`` | conv |
+| ``P_downsampling_{layernorm,conv}_{i}/*`` | ``base_model.stages.{i+1}.downsample.{0,1}.*`` | conv |
+| ``B_depthwise_conv/*``, ``B_layernorm/*`` | ``base_model.stages.{s}.blocks.{b}.{conv_dw,norm}.*`` | conv |
+| ``B_pointwise_conv_{1,2}/*``, ``B_layer_scale/<any>`` | ``….blocks.{b}.mlp.fc{1,2}.*``, ``….gamma`` | Dense |
+| ``P_prestem_normalization/*``, ``P_head_*``, stage 3 | dropped (ImageNet mean/std is in preprocessing) | |
+| ``patch_extraction/separable_conv2d{,_1}/*`` | ``patch_extraction.conv{1,2}.{depthwise,pointwise}.*`` | dw / pw |
+| ``pre_classification/{dense*,batch_normalization*}/*`` | ``pre_classification.{dense,batch_normalization}.*`` | Dense |
 | ``attention/scale`` | ``attention.scale`` (``attention="keras_batch"``) | scalar |
 | ``classification_head/*`` | ``classification_head.*``, rows permuted to the canonical order | Dense |
 | ``layernorm/{gamma,beta}`` (stage-1 model only) | ``layernorm.*`` (``det_norm=True``) | |
@@ -72,6 +70,7 @@ _LINEAR = {"kernel": "weight", "bias": "bias"}
 _BLOCK_PART = {"depthwise_conv": ("conv_dw", _LINEAR, "conv"), "layernorm": ("norm", _NORM, None),
                "pointwise_conv_1": ("mlp.fc1", _LINEAR, "dense"), "pointwise_conv_2": ("mlp.fc2", _LINEAR, "dense")}
 TRUNK_STAGES = 3  # Conv-cut keeps ConvNeXt stages 0-2 (stage 3 and the head are past the cut)
+UNKNOWN = "?"  # trunk_key: a weight name a ConvNeXt layer does not have
 
 
 def _keras_to_torch(value, kind: Optional[str]) -> Tensor:
@@ -108,8 +107,8 @@ def _keras_key(name: str) -> str:
 
 
 def trunk_key(name: str) -> Optional[tuple[Optional[str], Optional[str]]]:
-    """A Keras ConvNeXt weight name → (fastfer key or None when dropped by design, layout kind); None when the
-    name is not a Keras ConvNeXt weight."""
+    """A Keras ConvNeXt weight name → (fastfer key, layout kind); (None, None) when dropped by design,
+    (UNKNOWN, None) for an unexpected weight of a ConvNeXt layer, None when the name is not a ConvNeXt layer's."""
     layer, weight = _split(name)
     m = _TRUNK_LAYER.match(layer)
     if m is None:
@@ -117,25 +116,26 @@ def trunk_key(name: str) -> Optional[tuple[Optional[str], Optional[str]]]:
     if m["drop"]:
         return None, None
     if m["stem"]:
-        table, idx, kind = (_LINEAR, 0, "conv") if m["stem"] == "stem_conv" else (_NORM, 1, None)
-        return (f"base_model.stem.{idx}.{table[weight]}" if weight in table else "?"), kind if weight == "kernel" else None
-    if m["ds"]:
+        module, table, kind = ("base_model.stem.0", _LINEAR, "conv") if m["stem"] == "stem_conv" else (
+            "base_model.stem.1", _NORM, None)
+    elif m["ds"]:
         stage = int(m["ds_i"]) + 1
         if stage >= TRUNK_STAGES:
             return None, None
-        table, idx, kind = (_LINEAR, 1, "conv") if m["ds"] == "conv" else (_NORM, 0, None)
-        key = f"base_model.stages.{stage}.downsample.{idx}.{table[weight]}" if weight in table else "?"
-        return key, kind if weight == "kernel" else None
-    stage, block = int(m["stage"]), int(m["block"])
-    if stage >= TRUNK_STAGES:
-        return None, None
-    prefix = f"base_model.stages.{stage}.blocks.{block}"
-    if m["part"] == "layer_scale":
-        return f"{prefix}.gamma", None  # LayerScale's single weight (Keras names it Variable / gamma)
-    module, table, kind = _BLOCK_PART[m["part"]]
+        module, table, kind = ((f"base_model.stages.{stage}.downsample.1", _LINEAR, "conv") if m["ds"] == "conv"
+                               else (f"base_model.stages.{stage}.downsample.0", _NORM, None))
+    else:
+        stage, block = int(m["stage"]), int(m["block"])
+        if stage >= TRUNK_STAGES:
+            return None, None
+        prefix = f"base_model.stages.{stage}.blocks.{block}"
+        if m["part"] == "layer_scale":
+            return f"{prefix}.gamma", None  # LayerScale's single weight (Keras names it Variable / gamma)
+        part, table, kind = _BLOCK_PART[m["part"]]
+        module = f"{prefix}.{part}"
     if weight not in table:
-        return "?", None
-    return f"{prefix}.{module}.{table[weight]}", kind if weight == "kernel" else None
+        return UNKNOWN, None
+    return f"{module}.{table[weight]}", kind if weight == "kernel" else None
 
 
 def keras_head_to_convcut(weights: Mapping[str, object], native_labels: Optional[Sequence[str]] = None,
@@ -200,7 +200,7 @@ def keras_to_convcut(weights: Mapping[str, object], native_labels: Optional[Sequ
                 unknown.append(name)
             continue
         key, kind = mapped
-        if key == "?":
+        if key == UNKNOWN:
             unknown.append(name)
         elif key is None:
             _note(dropped, name)
@@ -224,12 +224,13 @@ def keras_to_convcut(weights: Mapping[str, object], native_labels: Optional[Sequ
 def infer_model_kwargs(sd: Mapping[str, Tensor]) -> dict:
     """The ``conv_cut`` arguments a converted state_dict was made for (widths, built blocks, cut, DET width,
     Dense width, classes, DET norm; always ``attention="keras_batch"``: the released head)."""
+    width_keys = ("base_model.stem.0.weight", "base_model.stages.1.downsample.1.weight",
+                  "base_model.stages.2.downsample.1.weight")
+    blocks = [[int(m.group(1)) for k in sd if (m := re.match(rf"base_model\.stages\.{s}\.blocks\.(\d+)\.", k))]
+              for s in range(TRUNK_STAGES)]
     try:
-        dims = tuple(int(sd[k].shape[0]) for k in ("base_model.stem.0.weight", "base_model.stages.1.downsample.1.weight",
-                                                    "base_model.stages.2.downsample.1.weight"))
-        depths = tuple(1 + max(int(m.group(1)) for k in sd if (m := re.match(rf"base_model\.stages\.{s}\.blocks\.(\d+)\.",
-                                                                                k)))
-                       for s in range(TRUNK_STAGES))
+        dims = tuple(int(sd[k].shape[0]) for k in width_keys)
+        depths = tuple(1 + max(b) for b in blocks)
         det_dim = int(sd["patch_extraction.conv1.pointwise.weight"].shape[0])
         hidden = int(sd["pre_classification.dense.weight"].shape[0])
     except (KeyError, ValueError) as err:

@@ -94,8 +94,9 @@ def keras_head(sd: dict, native, labels) -> dict:
                         ("moving_variance", "running_var")):
         out[pre + f"batch_normalization_1/{keras}:0"] = sd[f"pre_classification.batch_normalization.{name}"].numpy()
     out["model_weights/attention/attention/scale:0"] = sd["attention.scale"].numpy()
-    out["model_weights/classification_head/classification_head/kernel:0"] = _dense(sd["classification_head.weight"][rows])
-    out["model_weights/classification_head/classification_head/bias:0"] = sd["classification_head.bias"][rows].numpy()
+    head = "model_weights/classification_head/classification_head/"
+    out[head + "kernel:0"] = _dense(sd["classification_head.weight"][rows])
+    out[head + "bias:0"] = sd["classification_head.bias"][rows].numpy()
     if "layernorm.weight" in sd:
         out["model_weights/layernorm/layernorm/gamma:0"] = sd["layernorm.weight"].numpy()
         out["model_weights/layernorm/layernorm/beta:0"] = sd["layernorm.bias"].numpy()
@@ -234,5 +235,5 @@ def test_the_full_convnext_base_cut_maps_onto_every_trunk_tensor():
     trunk = {k for k in model.state_dict() if k.startswith("base_model.")}
     mapped = [trunk_key(n)[0] for n in keras_cut_weight_names()]
     kept = [k for k in mapped if k is not None]
-    assert len(kept) == len(set(kept)) == len(trunk) == 277 and set(kept) == trunk  # 4 stem + 8 downsampling + 29 × 9 + 4
+    assert len(kept) == len(set(kept)) == len(trunk) == 4 + 8 + 29 * 9 + 4 and set(kept) == trunk  # stem, ds, blocks
     assert mapped.count(None) == 3  # the Keras input normalisation
