@@ -6,7 +6,7 @@
     fastfer convert --from vit-small-v01 vit_small_p16_224-15ec54c9.pth vit_part.safetensors
     fastfer convert --from fer-former ferformer_official.pth fer_former.safetensors
     fastfer convert --from convnext-b convnext_base.fb_in22k_ft_in1k.safetensors convcut_trunk.safetensors
-    fastfer convert --from conv-cut-keras convcut_rafdb.h5 conv_cut.safetensors
+    fastfer convert --from conv-cut-keras convcut_rafdb.h5 conv_cut.safetensors   (.h5 needs h5py; or an .npz)
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("--list", action="store_true", help="list the checkpoint sources and exit")
     p.add_argument("--from", dest="source", metavar="SOURCE", help="checkpoint format (see --list)")
     p.add_argument("input", nargs="?", help="input checkpoint (.pth read with torch.load(weights_only=True), "
-                                            ".safetensors, or .h5 for conv-cut-keras)")
+                                            ".safetensors, or a Keras .h5 / .npz weights dump for conv-cut-keras)")
     p.add_argument("output", nargs="?", help="output .safetensors file")
     p.add_argument("--ir-stages", type=int, help="IR-50 stages of the target (ir50-evolve, fer-former; default 3)")
     p.add_argument("--non-strict", action="store_true",

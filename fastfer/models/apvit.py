@@ -16,11 +16,13 @@ from typing import Optional, Sequence, Union
 
 import torch
 from timm.layers import trunc_normal_
+from timm.models import checkpoint, checkpoint_seq
 from torch import Tensor, nn
 
-from fastfer.models._common import default_label_names
+from fastfer.models._common import check_output_fmt, default_label_names, scatter_to_grid, take_indices, tracing
 from fastfer.models.irse import IRSE
 from fastfer.nn import AttentivePatchPool, PoolingBlock
+from fastfer.nn.functional import patch_pool
 
 GLOBAL_POOLS = ("token", "avg", "")
 
@@ -68,6 +70,9 @@ class APViT(nn.Module):
     ``forward(x)``: x (B, 3, H, W) normalised RGB → logits (B, num_classes).
     ``forward_features(x)`` → tokens after the final LayerNorm (B, M, embed_dim), M = 1 + tokens left after
     the last pooling block (105 in the paper); with ``return_details=True`` also a dict (see there).
+    ``forward_intermediates(x)`` → the blocks' outputs (timm's ViT contract; ``feature_info`` lists one level per
+    block at reduction 8); as NCHW maps they put each surviving patch token back at its trunk-grid position
+    (pooled-away positions are 0).
     """
 
     def __init__(
@@ -137,6 +142,8 @@ class APViT(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.label_names = default_label_names(num_classes, label_names)
+        self.grad_checkpointing = False
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=red) for i in range(depth)]
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -164,12 +171,24 @@ class APViT(nn.Module):
         """The keys the official config meant to exempt (its substring match likely never fired; apvit.md §8)."""
         return {"cls_token", "cls_pos_embed", "patch_pos_embed"}
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for timm's layer-wise lr decay: trunk + projection + tokens first, then each block."""
+        return dict(stem=r"^extractor|^proj|^cls_token|^cls_pos_embed|^patch_pos_embed",
+                    blocks=r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of storing them."""
+        self.grad_checkpointing = enable
+
     def get_classifier(self) -> nn.Module:
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None,
                          label_names: Optional[Sequence[str]] = None) -> None:
-        """New zero-initialised head of ``num_classes`` outputs (0 → none); optionally a new pooling mode."""
+        """New zero-initialised head of ``num_classes`` outputs (0 → none); optionally a new pooling mode
+        (``''``: ``forward`` returns the unpooled tokens)."""
         if global_pool is not None:
             if global_pool not in GLOBAL_POOLS:
                 raise ValueError(f"global_pool: expected one of {GLOBAL_POOLS}, got {global_pool!r}")
@@ -182,42 +201,110 @@ class APViT(nn.Module):
         self._zero_head()
         self.label_names = default_label_names(num_classes, label_names)
 
+    # --- forward ----------------------------------------------------------------------------------------------
+
+    def _trunk(self, x: Tensor) -> Tensor:
+        """x (B, 3, H, W) → projected trunk map (B, embed_dim, gh, gw); the input is checked in eager mode."""
+        if not tracing(x) and (x.dim() != 4 or tuple(x.shape[1:]) != (3, *self.img_size)):
+            raise ValueError(f"x: expected a (B, 3, {self.img_size[0]}, {self.img_size[1]}) image batch, "
+                             f"got shape {tuple(x.shape)}")
+        return self.proj(self.extractor(x))
+
+    def _with_cls(self, tokens: Tensor) -> Tensor:
+        cls = (self.cls_token + self.cls_pos_embed).expand(tokens.shape[0], -1, -1)
+        return torch.cat([cls, tokens], dim=1)
+
+    def _embed_with_positions(self, x: Tensor):
+        """x → (tokens (B, 1+K, C) CLS first, APP's kept grid positions (B, K) ascending, APP scores (B, N))."""
+        app = patch_pool(self._trunk(x), self.patch_pool.k, pos=self.patch_pos_embed[0], score=self.patch_pool.score)
+        return self._with_cls(app.tokens), app.index, app.scores
+
+    def _run_block(self, blk: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(blk.forward_with_index, x)
+        return blk.forward_with_index(x)
+
     def forward_features(self, x: Tensor, return_details: bool = False):
         """x (B, 3, H, W) → tokens (B, M, embed_dim) after the final LayerNorm, CLS first.
 
-        With ``return_details=True`` returns ``(tokens, details)``; details (eager mode only) holds
-        ``app_scores`` (B, gh, gw) fp32 APP score map, ``app_index`` (B, K) kept grid positions (ascending),
-        ``block_index`` list per block of (B, M_i) indices into that block's input tokens (CLS = 0 first;
-        0..N-1 when the block keeps all), ``token_positions`` list per block of (B, M_i - 1) grid positions of
-        the patch tokens that survive the block.
+        With ``return_details=True`` returns ``(tokens, details)``; details holds ``app_scores`` (B, gh, gw)
+        fp32 APP score map, ``app_index`` (B, K) kept grid positions (ascending), ``block_index`` list per
+        block of (B, M_i) indices into that block's input tokens (CLS = 0 first; 0..N-1 when the block keeps
+        all), ``token_positions`` list per block of (B, M_i - 1) grid positions of the patch tokens that survive
+        the block.
         """
-        if x.dim() != 4 or tuple(x.shape[1:]) != (3, *self.img_size):
-            raise ValueError(f"x: expected a (B, 3, {self.img_size[0]}, {self.img_size[1]}) image batch, "
-                             f"got shape {tuple(x.shape)}")
-        t = self.proj(self.extractor(x))  # (B, C, gh, gw)
-        tokens = self.patch_pool(t, pos=self.patch_pos_embed[0])  # (B, K, C), pos-embed travels with the tokens
-        cls = (self.cls_token + self.cls_pos_embed).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, tokens], dim=1)
         if not return_details:
-            return self.norm(self.blocks(x))
-        block_index, positions = [], []
-        pos = self.patch_pool.last_index
+            tokens = self.patch_pool(self._trunk(x), pos=self.patch_pos_embed[0])  # (B, K, C), pos-embed included
+            x = self._with_cls(tokens)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint_seq(self.blocks, x)
+            else:
+                x = self.blocks(x)
+            return self.norm(x)
+        x, pos, scores = self._embed_with_positions(x)
+        app_index, block_index, positions = pos, [], []
         for blk in self.blocks:
-            x = blk(x)
-            index = blk.attn.last_index
+            x, index = self._run_block(blk, x)
             block_index.append(index)
-            pos = pos.gather(1, index[:, 1:] - 1)
+            if blk.attn.pools:
+                pos = pos.gather(1, index[:, 1:] - 1)
             positions.append(pos)
-        details = dict(
-            app_scores=self.patch_pool.last_scores.reshape(-1, *self.grid_size),
-            app_index=self.patch_pool.last_index,
-            block_index=block_index,
-            token_positions=positions,
-        )
+        details = dict(app_scores=scores.reshape(-1, *self.grid_size), app_index=app_index,
+                       block_index=block_index, token_positions=positions)
         return self.norm(x), details
 
+    def forward_intermediates(self, x: Tensor, indices: Union[None, int, Sequence[int]] = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """Block outputs as timm's ViT returns them.
+
+        Args:
+            x: (B, 3, H, W) images.
+            indices: blocks to return: None all, int n the last n, a sequence of indices (negative from the end).
+            return_prefix_tokens: return (features, CLS token (B, 1, C)) pairs.
+            norm: apply the final LayerNorm to each intermediate.
+            stop_early: run no block after the last one asked for (the final output is then that block's).
+            output_fmt: ``NCHW`` (B, C, gh, gw) maps, each surviving patch token at its trunk-grid position and
+                0 where APP or ATP dropped the token; ``NLC`` (B, M_i - 1, C) the surviving patch tokens in
+                positional order (M_i shrinks in the pooling blocks).
+            intermediates_only: return only the list.
+
+        Returns:
+            ``(final tokens (B, M, C) after the final norm, [intermediates])``, or the list alone.
+        """
+        fmt = check_output_fmt(output_fmt)
+        taken, max_index = take_indices(len(self.blocks), indices)
+        x, pos, _ = self._embed_with_positions(x)
+        blocks = self.blocks[:max_index + 1] if stop_early else self.blocks
+        intermediates = []
+        for i, blk in enumerate(blocks):
+            x, index = self._run_block(blk, x)
+            if blk.attn.pools:
+                pos = pos.gather(1, index[:, 1:] - 1)
+            if i in taken:
+                y = self.norm(x) if norm else x
+                feat = scatter_to_grid(y[:, 1:], pos, self.grid_size) if fmt == "NCHW" else y[:, 1:]
+                intermediates.append((feat, y[:, :1]) if return_prefix_tokens else feat)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the blocks after the last of ``indices`` (and the final norm / the head); returns the kept
+        absolute indices (timm's FeatureGetterNet calls this for ``features_only=True``)."""
+        taken, max_index = take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        self.feature_info = self.feature_info[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return taken
+
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """tokens (B, M, C) → logits (B, num_classes), or pooled features (B, C) with ``pre_logits``."""
+        """tokens (B, M, C) → logits (B, num_classes), or pooled features (B, C) with ``pre_logits``;
+        with ``global_pool=''`` the tokens stay unpooled (B, M, ·)."""
         if self.global_pool == "token":
             x = x[:, 0]
         elif self.global_pool == "avg":

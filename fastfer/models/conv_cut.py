@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.fx
@@ -31,7 +31,10 @@ from fastfer.labels import EXPRESSIONS
 from fastfer.models._common import (
     build_timm_model,
     check_choice,
+    check_output_fmt,
     default_label_names,
+    take_indices,
+    tracing,
 )
 from fastfer.ops import token_pool_attention
 
@@ -40,6 +43,8 @@ torch.fx.wrap("token_pool_attention")  # FX: one call node
 TRUNK_MODES = ("frozen", "last_n", "all")
 ATTENTION_MODES = ("tokens", "keras_batch")
 CUT_POINTS = ("block23_norm", "block22")
+MODE_POOLS = {"tokens": "attn", "keras_batch": "avg"}  # the head's pooling per attention mode
+DET_LEVEL = 4  # feature level of the DET output: trunk stages 0-2, DET conv1 (3), DET conv2 (4)
 CONVNEXT_BASE_DEPTHS = (3, 3, 27, 3)  # the full ConvNeXt-B, for timm's drop-path schedule
 
 
@@ -83,7 +88,8 @@ class ConvNeXtTrunk(nn.Module):
         self.cut = cut
         self.out_channels = dims[2]
         self.stem = nn.Sequential(nn.Conv2d(3, dims[0], 4, 4), LayerNorm2d(dims[0], eps=1e-6))
-        rates = torch.linspace(0, drop_path_rate, sum(full_depths)).split(list(full_depths))
+        # host-side (device="cpu"): the rates become Python floats, also when the model is built on meta
+        rates = torch.linspace(0, drop_path_rate, sum(full_depths), device="cpu").split(list(full_depths))
         stages, prev = [], dims[0]
         for i, (dim, depth) in enumerate(zip(dims, depths)):
             stages.append(ConvNeXtStage(
@@ -179,9 +185,10 @@ class ConvCut(nn.Module):
             ``keras_batch`` mode an image's prediction changes with the batch size and with which images share
             its batch; it is the identity at batch 1. Use it only to reproduce the released code, and record
             the evaluation batch size (Keras default 32) and loader order.
-        trunk: ``"frozen"`` (released: 0 trainable trunk weights, trunk kept in eval mode),
-            ``"last_n"`` (train the last ``trunk_trainable_blocks`` blocks before the cut; the partial block
-            counts as one; not faithful), ``"all"`` (full fine-tuning; not faithful).
+        trunk: ``"all"`` (default: every trunk weight trains, as for any timm model), ``"frozen"`` (the
+            released recipe: 0 trainable trunk weights, trunk kept in eval mode; the ``conv_cut`` training recipe
+            passes it), ``"last_n"`` (train the last ``trunk_trainable_blocks`` blocks before the cut; the partial
+            block counts as one; not faithful). Freezing is a training decision, not part of the architecture.
         trunk_trainable_blocks: n for ``trunk="last_n"``.
         freeze_trunk_norms: with ``last_n``/``all``, keep the trunk's LayerNorms frozen (the Keras loop's intent).
         cut: ``"block23_norm"`` (released: block 23's conv_dw + norm only) or ``"block22"`` (block boundary).
@@ -192,16 +199,21 @@ class ConvCut(nn.Module):
         drop_path_rate: trunk stochastic depth (only matters when the trunk trains).
         trunk_weights: local timm ConvNeXt-B state_dict file (``convnext_base.fb_in22k_ft_in1k``) loaded into
             the trunk by name (see :mod:`fastfer.models.convert.conv_cut`); None keeps the random init.
+        global_pool: None (the mode's pooling: ``"attn"`` for ``tokens``, ``"avg"`` for ``keras_batch``) or ``""``
+            (timm's unpooled mode, only with ``num_classes=0``: ``forward`` returns the DET map).
 
     Shapes at 224²: trunk (B, 512, 14, 14) → DET (B, 256, 2, 2) = ``forward_features`` →
-    pooled (B, 256) → pre-logits (B, 32) → logits (B, C).
+    pooled (B, 256) → pre-logits (B, 32) = ``head_hidden_size`` → logits (B, C). ``num_features`` = 256 (DET
+    channels). ``forward_intermediates`` / ``feature_info``: trunk stages 0–2 (reduction 4, 8, 16), DET conv1
+    (64) and DET conv2 (128, the ``forward_features`` map).
     """
 
     def __init__(self, num_classes: int = 7, label_names: Optional[Sequence[str]] = None, attention: str = "tokens",
-                 trunk: str = "frozen", trunk_trainable_blocks: int = 1, freeze_trunk_norms: bool = False,
+                 trunk: str = "all", trunk_trainable_blocks: int = 1, freeze_trunk_norms: bool = False,
                  cut: str = "block23_norm", dims: Sequence[int] = (128, 256, 512), depths: Sequence[int] = (3, 3, 24),
                  det_dim: int = 256, hidden_dim: int = 32, drop_rate: float = 0.1, det_norm: bool = False,
-                 drop_path_rate: float = 0.0, in_chans: int = 3, trunk_weights: Optional[str] = None, **kwargs):
+                 drop_path_rate: float = 0.0, in_chans: int = 3, trunk_weights: Optional[str] = None,
+                 global_pool: Optional[str] = None, **kwargs):
         super().__init__()
         if kwargs:
             raise TypeError(f"ConvCut: unexpected arguments {sorted(kwargs)}")
@@ -213,9 +225,14 @@ class ConvCut(nn.Module):
             raise ValueError(f"det_dim: expected ≤ 256 (the fused op's head-dim limit), got {det_dim}")
         self.attention_mode = attention
         self.trunk_mode = trunk
+        self.global_pool = self._check_pool(global_pool, num_classes)
         self.num_features = det_dim
         self.head_hidden_size = hidden_dim
         self.drop_rate = drop_rate
+        self.feature_info = [dict(module=f"base_model.stages.{i}", num_chs=dims[i], reduction=4 * 2**i)
+                             for i in range(3)]
+        self.feature_info += [dict(module="patch_extraction.conv1", num_chs=det_dim, reduction=64),
+                              dict(module="patch_extraction.conv2", num_chs=det_dim, reduction=128)]
 
         self.base_model = ConvNeXtTrunk(dims, depths, cut=cut, drop_path_rate=drop_path_rate)
         self.patch_extraction = nn.Sequential(OrderedDict(
@@ -281,24 +298,81 @@ class ConvCut(nn.Module):
         return self
 
     # --- forward ------------------------------------------------------------------------------------------------
-    def forward_trunk(self, x: Tensor) -> Tensor:
-        """x (B, 3, H, W) → truncated ConvNeXt map (B, 512, H/16, W/16)."""
-        if x.dim() != 4 or x.shape[1] != 3:
+    @staticmethod
+    def _check_input(x: Tensor) -> None:
+        if not tracing(x) and (x.dim() != 4 or x.shape[1] != 3):
             raise ValueError(f"x: expected a (B, 3, H, W) image batch, got shape {tuple(x.shape)}")
-        if self.trunk_mode == "frozen":
-            with torch.no_grad():
-                return self.base_model(x)
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        """x (B, 3, H, W) → truncated ConvNeXt map (B, 512, H/16, W/16). A frozen trunk has no trainable
+        weights, so autograd records nothing here unless x itself requires grad (e.g. input saliency)."""
+        self._check_input(x)
         return self.base_model(x)
+
+    def _det_norm(self, z: Tensor) -> Tensor:
+        """The stage-1-only LayerNorm over the DET channels (identity when ``det_norm`` is off)."""
+        if self.layernorm is None:
+            return z
+        return self.layernorm(z.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """x (B, 3, H, W) → DET output (B, det_dim, 2, 2) at 224²."""
-        z = self.patch_extraction(self.forward_trunk(x))
-        if self.layernorm is not None:
-            z = self.layernorm(z.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return z
+        return self._det_norm(self.patch_extraction(self.forward_trunk(x)))
+
+    def forward_intermediates(self, x: Tensor, indices: Union[None, int, Sequence[int]] = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """Feature maps of every level as timm's ConvNeXt returns them.
+
+        Args:
+            x: (B, 3, H, W) images.
+            indices: levels to return (see ``feature_info``: trunk stages 0–2, DET conv1, DET conv2): None all,
+                int n the last n, a sequence of indices (negative from the end).
+            norm: apply the DET LayerNorm (``det_norm``) to the DET output level.
+            stop_early: run nothing after the last level asked for (the final output is then that level's).
+            output_fmt: ``NCHW`` only (the levels are maps).
+            intermediates_only: return only the list.
+
+        Returns:
+            ``(forward_features output, [maps (B, C_i, H_i, W_i)])``, or the list alone.
+        """
+        if check_output_fmt(output_fmt) != "NCHW":
+            raise ValueError(f"output_fmt: Conv-cut's features are maps; expected 'NCHW', got {output_fmt!r}")
+        taken, max_index = take_indices(len(self.feature_info), indices)
+        self._check_input(x)
+        levels = list(self.base_model.stages) + list(self.patch_extraction)
+        if stop_early:
+            levels = levels[:max_index + 1]
+        x = self.base_model.stem(x)
+        intermediates = []
+        for i, level in enumerate(levels):
+            x = level(x)
+            if i in taken:
+                intermediates.append(self._det_norm(x) if norm and i == DET_LEVEL else x)
+        if intermediates_only:
+            return intermediates
+        return (self._det_norm(x) if len(levels) == DET_LEVEL + 1 else x), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the levels after the last of ``indices`` (and the DET norm / the head); returns the kept absolute
+        indices (timm's FeatureGetterNet calls this for ``features_only=True``)."""
+        taken, max_index = take_indices(len(self.feature_info), indices)
+        n_trunk = len(self.base_model.stages)
+        if max_index < n_trunk:
+            self.base_model.stages = self.base_model.stages[:max_index + 1]
+        self.patch_extraction = self.patch_extraction[:max(max_index + 1 - n_trunk, 0)]
+        self.feature_info = self.feature_info[:max_index + 1]
+        if prune_norm or max_index < DET_LEVEL:
+            self.layernorm = None
+        if prune_head:
+            self.reset_classifier(0, "")
+        return taken
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """DET map (B, det_dim, h, w) → logits (B, C), or the (B, hidden_dim) classifier input if ``pre_logits``."""
+        """DET map (B, det_dim, h, w) → logits (B, C), or the (B, hidden_dim) classifier input if ``pre_logits``;
+        with ``global_pool=''`` the map itself."""
+        if self.global_pool == "":
+            return x
         x = self.spatial_dropout(x)
         if self.attention_mode == "tokens":
             h = self.attention(x.flatten(2).transpose(1, 2))  # tokens in raster order → (B, det_dim)
@@ -316,10 +390,36 @@ class ConvCut(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.classification_head
 
+    def _check_pool(self, global_pool: Optional[str], num_classes: int) -> str:
+        own = MODE_POOLS[self.attention_mode]
+        pool = own if global_pool is None else global_pool
+        check_choice("global_pool", pool, (own, ""))
+        if pool == "" and num_classes > 0:
+            raise ValueError(f"global_pool='': the unpooled DET map has no classifier; expected num_classes=0, "
+                             f"got {num_classes}")
+        return pool
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for timm's layer-wise lr decay (trunk stem, trunk stages / blocks, then the head)."""
+        head = (r"^patch_extraction|^layernorm|^attention|^pre_classification|^classification_head", (99999,))
+        return dict(stem=r"^base_model\.stem",
+                    blocks=r"^base_model\.stages\.(\d+)" if coarse else [
+                        (r"^base_model\.stages\.(\d+)\.downsample", (0,)),
+                        (r"^base_model\.stages\.(\d+)\.blocks\.(\d+)", None), head])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the trunk blocks' activations in backward instead of storing them."""
+        for stage in self.base_model.stages:
+            stage.grad_checkpointing = enable
+
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None,
                          label_names: Optional[Sequence[str]] = None) -> None:
         """New Glorot-initialised classifier with ``num_classes`` outputs (0 → identity, pre-logits out).
-        ``global_pool`` is accepted for timm compatibility; the pooling is fixed by ``attention``."""
+        ``global_pool``: None keeps the current pooling, the mode's own (``attn`` / ``avg``) or ``''`` (the
+        unpooled DET map, with ``num_classes=0``)."""
+        self.global_pool = self._check_pool(self.global_pool if global_pool is None else global_pool, num_classes)
         self.num_classes = num_classes
         self.label_names = default_label_names(num_classes, label_names)
         device = self.pre_classification.dense.weight.device
@@ -349,7 +449,7 @@ def _cfg(**overrides) -> dict:
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     cfg = dict(
-        url="", num_classes=7, label_names=EXPRESSIONS[:7], input_size=(3, 224, 224), pool_size=None,
+        url="", num_classes=7, label_names=EXPRESSIONS[:7], input_size=(3, 224, 224), pool_size=(2, 2),
         crop_pct=1.0, interpolation="bilinear", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
         first_conv="base_model.stem.0", classifier="classification_head",
         paper_name="A Visual Self-attention Mechanism Facial Expression Recognition Network beyond Convnext",
@@ -368,15 +468,17 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> ConvCut:
-    model = build_timm_model(ConvCut, variant, pretrained, **kwargs)
-    model.pretrained_cfg.update(num_classes=model.num_classes, label_names=model.label_names)
+    # features_only=True: timm's FeatureGetterNet over forward_intermediates, all five levels by default
+    model = build_timm_model(ConvCut, variant, pretrained, feature_cfg=dict(out_indices=(0, 1, 2, 3, 4)), **kwargs)
+    if isinstance(model, ConvCut):
+        model.pretrained_cfg.update(num_classes=model.num_classes, label_names=model.label_names)
     return model
 
 
 @register_model
 def conv_cut(pretrained: bool = False, **kwargs) -> ConvCut:
-    """Conv-cut: truncated ConvNeXt-B (51.6 M, frozen) + DET + per-sample token attention head; 224², ImageNet
-    mean/std. See :class:`ConvCut` for the options (``attention``, ``trunk``, ``cut``)."""
+    """Conv-cut: truncated ConvNeXt-B (51.6 M) + DET + per-sample token attention head; 224², ImageNet mean/std.
+    See :class:`ConvCut` for the options (``attention``, ``trunk`` — the released recipe freezes it, ``cut``)."""
     return _create("conv_cut", pretrained, **kwargs)
 
 

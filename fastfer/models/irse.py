@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 
 from torch import Tensor, nn
 
+from fastfer.models._common import tracing
+
 # Units per stage for each depth (face.evoLVe `get_blocks`); stage widths are always 64, 128, 256, 512.
 STAGE_UNITS = {50: (3, 4, 14, 3), 100: (3, 13, 30, 3), 152: (3, 8, 36, 3)}
 STAGE_DEPTHS = (64, 128, 256, 512)
@@ -127,7 +129,7 @@ class IRSE(nn.Module):
         self.reduction = stem_stride * 2**num_stages
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != 3:
+        if not tracing(x) and (x.dim() != 4 or x.shape[1] != 3):
             raise ValueError(f"x: expected a (B, 3, H, W) image batch, got shape {tuple(x.shape)}")
         return self.body(self.input_layer(x))
 

@@ -14,9 +14,10 @@ from typing import Optional
 
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from fastfer.labels import EXPRESSIONS
+from fastfer.models._common import build_timm_model
 from fastfer.models.apvit import APVIT_CONFIG, APVIT_TINY_CONFIG, APViT
 from fastfer.models.convert.apvit import checkpoint_filter_fn
 
@@ -60,7 +61,9 @@ default_cfgs = generate_default_cfgs({
 
 def _create_apvit(variant: str, config: dict, pretrained: bool = False, **kwargs) -> APViT:
     model_args = {**config, **kwargs}
-    return build_model_with_cfg(APViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **model_args)
+    # features_only=True: timm's FeatureGetterNet over forward_intermediates, the last 3 blocks by default (as ViT)
+    return build_timm_model(APViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                            feature_cfg=dict(out_indices=3), **model_args)
 
 
 @register_model

@@ -257,6 +257,8 @@ def load_model(source: str | os.PathLike, model_name: Optional[str] = None, num_
         kwargs["label_names"] = tuple(names)
     check_finite(state, path)
     model = create_model(name, **kwargs)
+    if callable(getattr(model, "adopt_state_dict", None)):  # parts that come with the weights (FER-former text head)
+        model.adopt_state_dict(state)
     check_fits(model, state, path)
     model.load_state_dict(state, strict=True)
     return model.eval(), {**meta, "model": name, "path": path}

@@ -55,11 +55,16 @@ class PoolingBlock(nn.Module):
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with_index(x)[0]
+
+    def forward_with_index(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``forward`` that also returns the kept input-token indices (B, M), CLS (0) first; 0..N-1 when the
+        block keeps every token (for models that map tokens back to positions; safe under torch.compile)."""
         y, index = self.attn(self.norm1(x))
         if self.attn.pools:  # static: a block that keeps every token never gathers
             x = gather_tokens(x, index)
         x = x + self.drop_path(y)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x))), index
 
 
 __all__ = ["PoolingBlock", "gather_tokens", "kept_positions"]

@@ -205,3 +205,34 @@ def test_training_steps_lower_the_loss():
     for name in ("patch_pos_embed", "cls_token", "cls_pos_embed", "extractor.input_layer.0.weight",
                  "blocks.3.attn.qkv.weight"):
         assert grads[name] is not None and grads[name].abs().sum() > 0, name
+
+
+def test_intermediates_put_surviving_tokens_back_on_the_grid(paper_case):
+    """NCHW intermediates: each block's patch tokens at their trunk-grid positions (the kept positions of
+    return_details), zero where APP or ATP dropped the token; NLC: the tokens themselves."""
+    model, x, details = paper_case["model"], paper_case["x"], paper_case["details"]
+    with torch.no_grad(), fastfer.use_backend("torch"):
+        final, maps = model.forward_intermediates(x, norm=True)
+        _, tokens = model.forward_intermediates(x, indices=[4, 7], output_fmt="NLC", return_prefix_tokens=True)
+    torch.testing.assert_close(final, paper_case["tokens"])
+    assert [m.shape for m in maps] == [(2, 768, 14, 14)] * 8
+    for block, (m, pos) in enumerate(zip(maps, details["token_positions"])):
+        flat = m.flatten(2)  # (B, C, 196)
+        occupied = flat.abs().sum(dim=1) > 0
+        expected = torch.zeros_like(occupied).scatter_(1, pos, True)
+        assert torch.equal(occupied, expected), block
+    assert maps[-1].flatten(2).abs().sum(1).gt(0).sum(1).tolist() == [104, 104]  # 105 tokens minus CLS
+    last_tokens, last_cls = tokens[-1]
+    assert last_tokens.shape == (2, 104, 768) and last_cls.shape == (2, 1, 768) and tokens[0][0].shape == (2, 144, 768)
+    grid = maps[-1].flatten(2).transpose(1, 2)  # (B, 196, C): the normed final tokens at their positions
+    torch.testing.assert_close(grid.gather(1, details["token_positions"][-1][..., None].expand(-1, -1, 768)),
+                               final[:, 1:])
+
+
+def test_unpooled_mode_and_features_only():
+    model = timm.create_model("apvit_tiny", num_classes=0, global_pool="").eval()
+    x = torch.randn(1, 3, 112, 112)
+    assert model(x).shape == (1, 78, 128)  # every token after the last block (token_counts()[-1])
+    features = timm.create_model("apvit_tiny", features_only=True).eval()
+    assert features.feature_info.channels() == [128] * 3 and features.feature_info.reduction() == [8] * 3
+    assert [tuple(o.shape) for o in features(x)] == [(1, 128, 14, 14)] * 3

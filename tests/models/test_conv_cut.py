@@ -94,8 +94,9 @@ def test_parameter_counts_match_the_keras_model(full_run):
     assert counts["trunk"] == 51_640_448  # Keras layers[-57] cut of ConvNeXtBase
     assert counts["det"] == 206_336
     assert counts["attention"] == 3 * 65_792  # Q, K, V Linear(256, 256) with bias
-    assert counts["trainable"] == 412_231  # convcut.md §4.2, frozen trunk, 7 classes
-    keras = timm.create_model("conv_cut", attention="keras_batch").count_parameters()
+    assert counts["trainable"] == counts["total"]  # the trunk trains by default; freezing is the recipe's choice
+    assert counts["total"] - counts["trunk"] == 412_231  # convcut.md §4.2: trainable with a frozen trunk, 7 classes
+    keras = timm.create_model("conv_cut", attention="keras_batch", trunk="frozen").count_parameters()
     assert keras["trainable"] == 214_856 and keras["attention"] == 1
     assert keras["total"] + 2 * 32 == 51_855_368  # + BatchNorm moving mean/variance (Keras counts them)
 
@@ -130,7 +131,10 @@ def test_det_same_padding_is_symmetric_one_at_14():
 
 
 def test_trunk_options_freeze_what_they_say():
-    model = tiny()
+    assert all(p.requires_grad for p in tiny().parameters())  # default trunk="all": a plain timm model
+    model = tiny(trunk="frozen")
+    assert model.count_parameters()["trainable"] == sum(p.numel() for n, p in model.named_parameters()
+                                                        if not n.startswith("base_model."))
     model.train()
     assert not model.base_model.training and model.pre_classification.training  # frozen trunk stays in eval
     assert not any(p.requires_grad for p in model.base_model.parameters())
@@ -264,3 +268,26 @@ def test_bad_arguments_name_the_argument(kwargs, message):
 def test_bad_input_names_x():
     with pytest.raises(ValueError, match=r"x: expected a \(B, 3, H, W\) image batch, got shape \(3, 224, 224\)"):
         tiny()(torch.randn(3, 224, 224))
+
+
+def test_unpooled_mode_and_feature_levels():
+    model = tiny(num_classes=0, global_pool="").eval()
+    x = images(1, size=96)
+    det = model(x)
+    torch.testing.assert_close(det, model.forward_features(x))  # the DET map, no head
+    assert det.shape == (1, 32, 1, 1)
+    with pytest.raises(ValueError, match="global_pool='': the unpooled DET map has no classifier; expected "
+                                         "num_classes=0, got 7"):
+        tiny(global_pool="")
+    with pytest.raises(ValueError, match=r"global_pool: expected one of \('attn', ''\), got 'avg'"):
+        tiny().reset_classifier(0, "avg")
+    assert tiny(attention="keras_batch").global_pool == "avg"
+    assert [(f["module"], f["num_chs"], f["reduction"]) for f in model.feature_info] == [
+        ("base_model.stages.0", 16, 4), ("base_model.stages.1", 32, 8), ("base_model.stages.2", 64, 16),
+        ("patch_extraction.conv1", 32, 64), ("patch_extraction.conv2", 32, 128)]
+    maps = model.forward_intermediates(images(1), intermediates_only=True)  # 224²
+    assert [tuple(m.shape[-2:]) for m in maps] == [(56, 56), (28, 28), (14, 14), (4, 4), (2, 2)]
+    torch.testing.assert_close(maps[2], model.forward_trunk(images(1)))
+    normed = tiny(det_norm=True).eval()
+    final, (last,) = normed.forward_intermediates(images(1), indices=1, norm=True)
+    torch.testing.assert_close(last, final)  # norm=True: the DET LayerNorm on the DET level, as forward_features

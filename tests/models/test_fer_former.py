@@ -145,9 +145,11 @@ def test_parameter_counts(paper_model):
     assert counts["blocks"] == 16 * block == 12_623_872
     assert counts["patch_embed"] == projections == 13_108_224
     assert counts["backbone"] == sum(p.numel() for p in IRSE(num_stages=3).parameters()) == 17_611_968
-    assert counts["head"] == 256 * 7 + 7 and counts["text_proj"] == 512 * 256 + 256
+    text_head = 512 * 256 + 256  # text_proj exists once the text features do (another test builds them)
+    assert counts["head"] == 256 * 7 + 7 and counts["text_proj"] == (text_head if paper_model.text_ready else 0)
     assert counts["token_norm"] == 100 and counts["tokens"] == 512 and counts["pos_embed"] == 0
-    assert counts["total"] == 43_477_803  # forward path, ferformer.md §12: ≈ 43.5 M
+    assert counts["total"] - counts["text_proj"] == 43_346_475  # what model(x) uses
+    assert 43_346_475 + text_head == 43_477_803  # with the text head, ferformer.md §12: ≈ 43.5 M
     stage4 = sum(p.numel() for p in IRSE(num_stages=4).body[3].parameters())
     output_layer = 2 * 512 + (512 * 7 * 7 * 512 + 512) + 2 * 512  # BN2d, Linear(25088 → 512), BN1d
     dead = stage4 + output_layer + (3 * 3 * 256 * 256 + 256) + (512 * 256 + 256) + 52 * 256  # + token2, fc1, pos
@@ -171,7 +173,7 @@ def test_registered_contract_and_pretrained_cfg(text_file):
     torch.testing.assert_close(model(x), model.head(feats[:, 0]))
     model.reset_classifier(8)
     assert model(x).shape == (2, 8) and model.label_names == EXPRESSIONS and not model.text_ready
-    assert model.text_embed.shape == (8, 512)
+    assert model.text_embed is None and model.text_proj is not None  # features dropped, projection kept
     enc = CountingEncoder()
     model.build_text_features(enc)
     assert enc.prompts[-2:] == ["a face image of angry", "a face image of contempt"]
@@ -371,3 +373,79 @@ def test_compile_fullgraph_forward_backward_matches_eager(text_file):
 def test_bad_arguments_name_the_argument(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny(**kwargs)
+
+
+# --- the text head exists with its features; state_dicts load both ways ------------------------------------------
+
+def test_text_head_exists_only_with_text_features(text_file):
+    plain = tiny()
+    assert plain.text_proj is None and plain.text_embed is None and not plain.text_ready
+    assert not any(k.startswith(("text_proj.", "text_embed")) for k in plain.state_dict())
+    with_text = tiny(text_encoder=text_file)
+    assert with_text.text_ready and with_text.text_proj.weight.shape == (64, 512)
+    assert with_text.count_parameters()["text_proj"] == 512 * 64 + 64 and plain.count_parameters()["text_proj"] == 0
+
+
+def test_state_dicts_load_both_ways(text_file):
+    trained = tiny(text_encoder=text_file).eval()
+    with torch.no_grad():
+        trained.text_proj.bias.uniform_(-1, 1)
+    x = images(2)
+    # a model without a text head adopts one from the state_dict (text_proj and text_embed)
+    fresh = tiny().eval()
+    fresh.load_state_dict(trained.state_dict())
+    assert fresh.text_ready
+    torch.testing.assert_close(fresh.forward_outputs(x).text_logits, trained.forward_outputs(x).text_logits)
+    # a state_dict without one (label head only) leaves the model's own text head as it is
+    label_only = {k: v for k, v in tiny().state_dict().items()}
+    own = trained.text_features().clone()
+    result = trained.load_state_dict(label_only)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    torch.testing.assert_close(trained.text_features(), own)
+    # an older fastfer file marked "no text features" with NaN rows: it loads as a model without them
+    old = dict(label_only, text_embed=torch.full((7, 512), float("nan")),
+               **{"text_proj.weight": torch.randn(64, 512), "text_proj.bias": torch.zeros(64)})
+    legacy = tiny()
+    legacy.load_state_dict(old)
+    assert legacy.text_embed is None and not legacy.text_ready and legacy.text_proj is not None
+    torch.testing.assert_close(legacy.text_proj.weight, old["text_proj.weight"])
+    with pytest.raises(RuntimeError, match="no text features yet"):
+        legacy.forward_outputs(x)
+
+
+def test_timm_pretrained_file_with_a_text_head_loads(tmp_path, text_file):
+    from safetensors.torch import save_file
+
+    trained = tiny(text_encoder=text_file).eval()
+    path = tmp_path / "fer_former_tiny.safetensors"
+    save_file(trained.state_dict(), str(path))
+    loaded = timm.create_model("fer_former_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    assert loaded.text_ready
+    torch.testing.assert_close(loaded.text_features(), trained.text_features())
+
+
+def test_unpooled_mode_and_nchw_intermediates():
+    model = tiny(num_classes=0, global_pool="").eval()
+    x = images(1, size=56)
+    tokens = model(x)
+    assert tokens.shape == (1, 52, 64)
+    with pytest.raises(ValueError, match="global_pool='': .* expected head_fusion='cls', got 'fused'"):
+        tiny(head_fusion="fused", global_pool="")
+    with pytest.raises(ValueError, match="global_pool: expected one of"):
+        tiny().reset_classifier(0, "avg")
+    _, (grid,) = model.forward_intermediates(x, indices=1)
+    assert grid.shape == (1, 64, 6, 6)  # the 36 finest (p = 2) tokens on their 6×6 grid, raster order
+    torch.testing.assert_close(grid.flatten(2).transpose(1, 2), tokens[:, 2:38])
+    assert model.feature_info[0]["reduction"] == pytest.approx(56 / 6)
+
+
+def test_load_model_rebuilds_a_trained_file_with_its_text_head(tmp_path, text_file):
+    from fastfer.models.weights import load_model, save_weights
+
+    trained = tiny(text_encoder=text_file).eval()
+    path = save_weights(tmp_path / "model.safetensors", trained.state_dict(),
+                        metadata=dict(model="fer_former_tiny", model_kwargs={}, num_classes=7))
+    model, _ = load_model(path)  # the metadata carries no text encoder: the text head comes with the weights
+    assert model.text_ready
+    x = images(2)
+    torch.testing.assert_close(model.forward_outputs(x).text_logits, trained.forward_outputs(x).text_logits)

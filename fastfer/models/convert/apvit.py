@@ -68,7 +68,8 @@ def convert_apvit_mmcls(state_dict: dict[str, Tensor], strict: bool = True, mode
     dropped and listed.
     """
     sd = unwrap_state_dict(state_dict, "apvit-mmcls")
-    conv = Conversion({}, "apvit-mmcls")
+    # A whole model: the file alone rebuilds it (unless converted for a caller's own model object).
+    conv = Conversion({}, "apvit-mmcls", complete=model is None, model_kwargs=dict(model_kwargs))
     for key, value in sd.items():
         new = _APVIT_TOKENS.get(key)
         if new is None:

@@ -22,11 +22,24 @@ class Conversion:
     dropped: list[str] = field(default_factory=list)  # source keys deliberately not converted
     filled: list[str] = field(default_factory=list)  # target keys absent from the source, given defaults
     notes: list[str] = field(default_factory=list)
+    complete: bool = False  # a whole model (rebuildable from the file alone), not a part for load_partial
+    model_kwargs: dict = field(default_factory=dict)  # arguments of the registered model beyond the defaults
 
     def metadata(self) -> dict[str, str]:
+        """Flat safetensors header entries (format, architecture, source, label names)."""
         meta = {"format": "fastfer", "architecture": self.architecture, "source": self.source}
         if self.label_names is not None:
             meta["label_names"] = json.dumps(list(self.label_names))
+        return meta
+
+    def model_metadata(self) -> Optional[dict]:
+        """For a complete conversion, the ``fastfer`` metadata :func:`fastfer.models.weights.load_model` rebuilds
+        the model from (registered name, its arguments, classes, label names); None for a partial one."""
+        if not self.complete:
+            return None
+        meta = dict(model=self.architecture, model_kwargs=dict(self.model_kwargs), source=self.source)
+        if self.label_names is not None:
+            meta.update(num_classes=len(self.label_names), label_names=list(self.label_names))
         return meta
 
     def summary(self) -> str:

@@ -19,8 +19,8 @@ Official → fastfer names::
     vit.head.0.*                      → head.*, rows permuted RAF-DB order → canonical
     fc2.*                             → text_proj.*;   fc1.* → dropped
 
-The result's ``text_embed`` is NaN (the released model recomputed CLIP features every step and stored none),
-which leaves the text head unbuilt until ``model.build_text_features(...)`` runs. ``timm.create_model(
+The result has no ``text_embed`` (the released model recomputed CLIP features every step and stored none): a
+model loading it adopts ``text_proj`` and has no text features until ``model.build_text_features(...)`` runs. ``timm.create_model(
 "fer_former", pretrained=True, pretrained_cfg_overlay=dict(file=OFFICIAL.pth))`` converts on load
 (:func:`checkpoint_filter_fn`). ``fastfer convert --from fer-former SRC DST`` writes the result.
 """
@@ -29,12 +29,9 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
-import torch
-
 from fastfer.labels import NATIVE_ORDERS, permute_classifier_rows
 from fastfer.models.irse import remap_evolve_body
 from fastfer.models.weights import unwrap_state_dict
-from fastfer.models.text_encoder import TEXT_DIM
 
 OFFICIAL_LABELS: tuple[str, ...] = NATIVE_ORDERS["fer_former"]  # surprise, fear, disgust, happy, sad, angry, neutral
 TOKEN_PATCH_SIZES = {1: 2, 2: 3, 3: 4, 4: 6, 5: 12}  # official tokenN → patch size
@@ -105,8 +102,7 @@ def convert_official(state_dict: dict, label_names: Optional[Sequence[str]] = No
     out["head.weight"], head_bias = permute_classifier_rows(weight, bias, native_labels, label_names)
     if head_bias is not None:
         out["head.bias"] = head_bias
-    # No CLIP features in the released model: NaN marks the text head as unbuilt (FerFormer.text_ready).
-    out["text_embed"] = torch.full((weight.shape[0], TEXT_DIM), float("nan"))
+    # No CLIP features in the released model: no text_embed (the model builds it with build_text_features).
     return out
 
 

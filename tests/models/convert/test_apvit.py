@@ -11,9 +11,8 @@ import fastfer.models  # noqa: F401
 from fastfer.cli import main as cli_main
 from fastfer.labels import EXPRESSIONS, normalize_name, order_map, permute_rows
 from fastfer.models import create_model
-from fastfer.models.convert import convert_file
 from fastfer.models.convert.apvit import APVIT_ORDER, convert_apvit_mmcls, convert_ir50_evolve, convert_vit_small_v01
-from fastfer.models.weights import load_partial
+from fastfer.models.weights import load_model, load_partial, read_metadata
 from fastfer.models.weights import read_state_dict as read_checkpoint
 from fastfer.utils.errors import CheckpointError
 from fastfer.models.irse import IRSE, STAGE_UNITS
@@ -35,11 +34,13 @@ def test_official_checkpoint_round_trip_gives_the_transcription_logits(paper_cas
     safetensors → timm.create_model(pretrained file) → logits equal the transcription's on the raw tensors."""
     src, dst = tmp_path / "APViT_RAF.pth", tmp_path / "apvit_rafdb.safetensors"
     torch.save({"state_dict": paper_case["official"], "meta": {"epoch": 40, "CLASSES": list(APVIT_ORDER[:7])}}, src)
-    conv = convert_file("apvit-mmcls", src, dst)
-    assert conv.label_names == EXPRESSIONS[:7] and not conv.dropped and not conv.filled
+    assert cli_main(["convert", "--from", "apvit-mmcls", str(src), str(dst)]) == 0
     with safe_open(str(dst), "pt") as f:
         assert json.loads(f.metadata()["label_names"]) == list(EXPRESSIONS[:7])
     model = create_model("apvit", weights=dst).eval()
+    rebuilt, meta = load_model(dst)  # a complete conversion names its model: the file alone rebuilds it
+    assert meta["model"] == "apvit" and meta["source"] == "apvit-mmcls" and rebuilt.label_names == EXPRESSIONS[:7]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in rebuilt.state_dict().items())
     with torch.no_grad():
         logits = model(paper_case["x"])
     ref_logits = paper_case["ref"][0]  # APViT order
@@ -102,7 +103,7 @@ def _random_like_shapes(module, gen):
 
 
 @pytest.mark.filterwarnings("ignore:.*meta parameter")  # load_partial into a meta-device model checks names only
-def test_ir50_evolve_converter_keeps_three_stages():
+def test_ir50_evolve_converter_keeps_three_stages(tmp_path):
     gen = torch.Generator().manual_seed(0)
     with torch.device("meta"):
         full = IRSE(50, num_stages=4)
@@ -124,6 +125,13 @@ def test_ir50_evolve_converter_keeps_three_stages():
         model = create_model("apvit")
     missing = load_partial(model, conv.state_dict)
     assert missing and not any(k.startswith("extractor.") for k in missing)
+    src, dst = tmp_path / "backbone_ir50_ms1m_epoch120.pth", tmp_path / "ir50_part.safetensors"
+    torch.save(flat, src)
+    assert cli_main(["convert", "--from", "ir50-evolve", str(src), str(dst), "--ir-stages", "2"]) == 0
+    written = read_checkpoint(dst)
+    assert "extractor.body.1.3.res_layer.1.weight" in written and not any(k.startswith("extractor.body.2.")
+                                                                          for k in written)
+    assert read_metadata(dst) == {}  # a part (for load_partial), not a model to rebuild
     del flat["body.5.res_layer.1.weight"]
     with pytest.raises(CheckpointError, match="missing from the checkpoint: extractor.body.1.2.res_layer.1.weight"):
         convert_ir50_evolve(flat)
@@ -217,3 +225,11 @@ def test_cli_converts_and_reports(tmp_path, capsys):
     assert "broken.pth" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert _run_cli(["convert", "--from", "ir50-evolve", str(src), str(tmp_path / "x.pth")]) == 2
     assert "expected a .safetensors path" in capsys.readouterr().err
+
+
+def test_cli_lists_every_source(capsys):
+    assert cli_main(["convert", "--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.strip().splitlines()]
+    assert listed == ["apvit-mmcls", "ir50-evolve", "vit-small-v01", "fer-former", "convnext-b", "conv-cut-keras"]
+    assert cli_main(["convert", "--from", "keras", "a.h5", "b.safetensors"]) == 2
+    assert "--from: expected one of apvit-mmcls, ir50-evolve" in capsys.readouterr().err

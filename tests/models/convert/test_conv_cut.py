@@ -1,5 +1,6 @@
-"""Conv-cut weights (fastfer/models/convert/conv_cut.py): timm ConvNeXt → trunk by name, Keras head names →
-DET/head with layout transposes and classifier rows permuted to the canonical order."""
+"""Conv-cut weights: timm ConvNeXt → trunk by name (fastfer/models/convert/conv_cut.py), Keras head names →
+DET/head with layout transposes and classifier rows permuted to the canonical order (…/conv_cut_keras.py; the
+whole Keras model, trunk included, is tested in test_conv_cut_keras.py)."""
 import pytest
 import timm
 import torch
@@ -9,11 +10,8 @@ from timm.models.convnext import ConvNeXt
 import fastfer.models.conv_cut  # noqa: F401
 from fastfer.cli import main as cli_main
 from fastfer.labels import NATIVE_ORDERS, order_map
-from fastfer.models.convert.conv_cut import (
-    convnext_to_convcut,
-    keras_head_to_convcut,
-    load_convnext_trunk,
-)
+from fastfer.models.convert.conv_cut import convnext_to_convcut, load_convnext_trunk
+from fastfer.models.convert.conv_cut_keras import keras_head_to_convcut
 
 TINY_DIMS = (16, 32, 64, 128)
 

@@ -13,7 +13,9 @@ from fastfer.models.convert.fer_former import (
     convert_official,
     load_official,
 )
+from fastfer.models.convert import fer_former_conversion
 from fastfer.models.irse import IRSE, STAGE_UNITS
+from fastfer.models.weights import read_metadata
 from tests.models.official_ferformer import to_official
 
 
@@ -22,9 +24,19 @@ def tiny(**kw):
     return timm.create_model("fer_former_tiny", **kw).eval()
 
 
+class RandomText:
+    def encode(self, prompts):
+        return torch.randn(len(prompts), 512, generator=torch.Generator().manual_seed(3))
+
+
+class RandomMetaText:
+    def encode(self, prompts):
+        return torch.empty(len(prompts), 512, device="cpu")
+
+
 @pytest.fixture(scope="module")
 def source():
-    model = tiny()
+    model = tiny(text_encoder=RandomText())  # with a text head: the release always holds fc2 (→ text_proj)
     with torch.no_grad():
         model.head.bias.copy_(torch.arange(7.0))  # canonical row i has bias i
     return model
@@ -34,13 +46,10 @@ def test_official_keys_map_one_to_one_and_dead_weight_is_dropped(source):
     official = to_official(source.state_dict(), num_stages=2)
     dropped = []
     converted = convert_official(official, num_stages=2, dropped=dropped)
-    expected = {k for k in source.state_dict()}
-    assert set(converted) == expected
-    for key, value in source.state_dict().items():
-        if key == "text_embed":
-            assert torch.isnan(converted[key]).all()  # the released model stores no CLIP features
-        else:
-            assert torch.equal(converted[key], value), key
+    expected = {k for k in source.state_dict()} - {"text_embed"}  # the release stores no CLIP features
+    assert set(converted) == expected and "text_proj.weight" in converted
+    for key in expected:
+        assert torch.equal(converted[key], source.state_dict()[key]), key
     assert "token2.1.weight" in dropped and "fc1.bias" in dropped and "vit.pos_embed" in dropped
     assert "backbone.body.23.res_layer.1.weight" in dropped and "backbone.output_layer.3.weight" in dropped
     assert sum(k.startswith("model.model.") for k in dropped) == sum(k.startswith("backbone.") for k in official)
@@ -58,7 +67,7 @@ def test_wrapped_and_prefixed_checkpoints_convert(source):
     official = to_official(source.state_dict(), num_stages=2)
     wrapped = {"state_dict": {f"module.{k}": v for k, v in official.items()}}
     a, b = convert_official(wrapped, num_stages=2), convert_official(official, num_stages=2)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if k != "text_embed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_timm_pretrained_from_an_official_file_and_the_cli(source, tmp_path):
@@ -69,12 +78,23 @@ def test_timm_pretrained_from_an_official_file_and_the_cli(source, tmp_path):
                                pretrained_cfg_overlay=dict(file=str(official_path))).eval()
     x = torch.randn(2, 3, 56, 56)
     torch.testing.assert_close(loaded(x), source(x))
-    assert not loaded.text_ready
+    assert not loaded.text_ready and loaded.text_proj is not None  # fc2 adopted, features to be built
+    torch.testing.assert_close(loaded.text_proj.weight, source.text_proj.weight)
     dst = tmp_path / "fer_former.safetensors"
     assert cli_main(["convert", "--from", "fer-former", str(official_path), str(dst), "--ir-stages", "2"]) == 0
     written = load_file(str(dst))
-    assert written.keys() == source.state_dict().keys()
+    assert written.keys() == source.state_dict().keys() - {"text_embed"}
     assert torch.equal(written["head.bias"], torch.arange(7.0))
+    assert read_metadata(dst) == {}  # not the paper's configuration: no model metadata to rebuild from
+
+
+def test_a_paper_configuration_conversion_names_its_model():
+    with torch.device("meta"):
+        paper = timm.create_model("fer_former", text_encoder=RandomMetaText())
+    conv = fer_former_conversion(to_official(paper.state_dict()))
+    assert conv.complete and conv.model_metadata() == dict(
+        model="fer_former", model_kwargs=dict(text_token="cls"), source="fer-former", num_classes=7,
+        label_names=list(EXPRESSIONS[:7]))  # the release feeds token 0 to both heads
 
 
 def test_official_errors(source):
