@@ -2,7 +2,7 @@
 
 Xue et al., "Vision Transformer with Attentive Pooling for Robust Facial Expression Recognition", IEEE TAFFC
 2022 (arXiv 2212.05463); official code youqingxiaozhua/APViT (Apache-2.0). Written from the specification
-(`specs/apvit.md`), not copied. The official code's batch-size pruning guard, int16 CLS index and undefined
+(`docs/models/apvit.md`), not copied. The official code's batch-size pruning guard, int16 CLS index and undefined
 tie order are deliberately not reproduced: blocks always prune when they keep fewer tokens, indices are
 int64, ties go to the lower position.
 
@@ -168,7 +168,7 @@ class APViT(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """The keys the official config meant to exempt (its substring match likely never fired; apvit.md §8)."""
+        """The keys the official config meant to exempt (its substring match likely never fired; docs/models/apvit.md §8)."""
         return {"cls_token", "cls_pos_embed", "patch_pos_embed"}
 
     @torch.jit.ignore

@@ -1,4 +1,4 @@
-"""Conv-cut: a truncated ConvNeXt-B trunk, a Detail Extraction Block and a small attention head (convcut.md).
+"""Conv-cut: a truncated ConvNeXt-B trunk, a Detail Extraction Block and a small attention head (docs/models/convcut.md).
 
 Pipeline at 224² (NCHW)::
 
@@ -127,7 +127,7 @@ class SeparableConv2d(nn.Module):
 
 
 class TokenAttentionPool(nn.Module):
-    """Per-sample scaled dot-product self-attention over the DET tokens, mean-pooled (convcut.md §4.2).
+    """Per-sample scaled dot-product self-attention over the DET tokens, mean-pooled (docs/models/convcut.md §4.2).
 
     Single head, Q/K/V = Linear(dim, dim) each with bias (stored stacked as ``qkv``: rows Wq, Wk, Wv),
     scale 1/sqrt(dim), no output projection, no residual; runs on the fused ``token_pool_attention`` op
@@ -174,7 +174,7 @@ class KerasBatchAttention(nn.Module):
 
 
 class ConvCut(nn.Module):
-    """Conv-cut FER model (convcut.md), returns logits.
+    """Conv-cut FER model (docs/models/convcut.md), returns logits.
 
     Args:
         num_classes: classifier outputs (7 RAF-DB, 8 FERPlus); label names default to the canonical order.

@@ -1,5 +1,5 @@
 """FER-former: IR-50 features → multi-granularity tokens → ViT with a label head and a CLIP-text head
-(ferformer.md; decisions D1–D12 override the released code where stated).
+(docs/models/ferformer.md; decisions D1–D12 override the released code where stated).
 
 Pipeline at 112² (batch B, C classes)::
 
@@ -82,7 +82,7 @@ def patchify(x: Tensor, p: int) -> Tensor:
 
 
 class FerFormer(nn.Module):
-    """FER-former (ferformer.md), ``forward(x)`` → logits (B, C).
+    """FER-former (docs/models/ferformer.md), ``forward(x)`` → logits (B, C).
 
     Args:
         num_classes: 7 (RAF-DB) or 8 (+ contempt); label names default to the canonical order.

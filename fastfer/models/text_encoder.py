@@ -2,7 +2,7 @@
 
 FER-former compares its image feature with the CLIP text embedding of one prompt per class
 ("a face image of {word}"). Those embeddings are constant, so the model computes them **once** and keeps them
-as a buffer (ferformer.md D3); an encoder is needed only to build that buffer, never in ``forward``.
+as a buffer (docs/models/ferformer.md D3); an encoder is needed only to build that buffer, never in ``forward``.
 
 Two encoders, both offline:
 
@@ -27,7 +27,7 @@ from torch import Tensor
 
 DEFAULT_TEMPLATE = "a face image of {}"
 TEXT_DIM = 512
-# The released code prompts with these words (ferformer.md D9); every other canonical name is its own word.
+# The released code prompts with these words (docs/models/ferformer.md D9); every other canonical name is its own word.
 PROMPT_WORDS = {"anger": "angry"}
 _META_KEYS = ("label_names", "template", "encoder", "dtype")
 

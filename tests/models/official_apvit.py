@@ -1,6 +1,6 @@
 """Test helpers: a plain-PyTorch transcription of the official APViT forward, and official-format state_dicts.
 
-The transcription is written from the specification (apvit.md §2–§6), over the official checkpoint's key names
+The transcription is written from the specification (docs/models/apvit.md §2–§6), over the official checkpoint's key names
 (``extractor.*``, ``vit.*``, ``head.fc.*``), the way the official code computes it: IR units as functional ops,
 APP as an L1 score + ``topk(sorted=False)`` + sort + gather of (tokens + pos-embed), attention materialised as
 B×H×N×N pre-softmax logits, the CLS row summed over heads, ``topk`` + sort + gather after the attention
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 PAPER = dict(units=(3, 4, 14), stem_stride=1, heads=8, patch_keep=160, keep_rates=(1.0,) * 4 + (0.9,) * 4, eps=1e-6)
 TINY = dict(units=(1, 1), stem_stride=2, heads=4, patch_keep=96, keep_rates=(1.0, 1.0, 0.9, 0.9), eps=1e-6)
 
-# APViT logit order → canonical index (datasets.md §2): anger, disgust, fear, sad, happy, surprise, neutral, contempt.
+# APViT logit order → canonical index (docs/datasets.md §2): anger, disgust, fear, sad, happy, surprise, neutral, contempt.
 APVIT_TO_CANONICAL = (6, 5, 4, 2, 1, 3, 0, 7)
 
 

@@ -1,4 +1,4 @@
-"""A plain-PyTorch transcription of the released FER-former forward pass (ferformer.md §1–§7), on the official
+"""A plain-PyTorch transcription of the released FER-former forward pass (docs/models/ferformer.md §1–§7), on the official
 state_dict layout (§11), written independently of fastfer's modules: the oracle for the converter and for the
 fused model. Also builds that layout from a FerFormer state_dict (``to_official``), dead weight included."""
 from __future__ import annotations

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.usefixtures("one_intra_op_thread"), pytest.mark.backen
 def test_paper_config_parameter_count_and_token_plan():
     with torch.device("meta"):
         model = timm.create_model("apvit")
-    # apvit.md §7: 17,611,968 (IR-50 ×3 stages) + 197,376 + 152,064 + 47,242,752 + 5,383.
+    # docs/models/apvit.md §7: 17,611,968 (IR-50 ×3 stages) + 197,376 + 152,064 + 47,242,752 + 5,383.
     assert sum(p.numel() for p in model.parameters()) == 65_209_543
     assert model.token_counts() == [161, 161, 161, 161, 161, 145, 130, 117, 105]
     assert model.blocks[0].attn.scale == pytest.approx(96**-0.5)
@@ -75,7 +75,7 @@ def test_tiny_variant_equals_transcription_too():
 
 
 def test_triton_backend_matches_torch_logits_and_indices():
-    """Tolerance rule (kernels.md §7): |triton − fp64| ≤ 2·|torch fp32 − fp64| + 1e-5; identical kept indices."""
+    """Tolerance rule (docs/kernels.md §7): |triton − fp64| ≤ 2·|torch fp32 − fp64| + 1e-5; identical kept indices."""
     model = _tiny()
     x = torch.randn(2, 3, 112, 112)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Conv-cut (fastfer/models/conv_cut.py) against convcut.md: contract, shapes, parameter counts, the trunk cut
+"""Conv-cut (fastfer/models/conv_cut.py) against docs/models/convcut.md: contract, shapes, parameter counts, the trunk cut
 equal to timm's convnext_base, batch independence of the default head, backends, training, compile."""
 import warnings
 
@@ -95,7 +95,7 @@ def test_parameter_counts_match_the_keras_model(full_run):
     assert counts["det"] == 206_336
     assert counts["attention"] == 3 * 65_792  # Q, K, V Linear(256, 256) with bias
     assert counts["trainable"] == counts["total"]  # the trunk trains by default; freezing is the recipe's choice
-    assert counts["total"] - counts["trunk"] == 412_231  # convcut.md §4.2: trainable with a frozen trunk, 7 classes
+    assert counts["total"] - counts["trunk"] == 412_231  # docs/models/convcut.md §4.2: trainable with a frozen trunk, 7 classes
     keras = timm.create_model("conv_cut", attention="keras_batch", trunk="frozen").count_parameters()
     assert keras["trainable"] == 214_856 and keras["attention"] == 1
     assert keras["total"] + 2 * 32 == 51_855_368  # + BatchNorm moving mean/variance (Keras counts them)
@@ -215,7 +215,7 @@ def test_token_attention_at_the_paper_width_256_fused_matches_torch():
             fused = pool(tokens)
         ref64 = pool.double()(tokens.double())
         pool.float()
-        q, k, v = pool.qkv(tokens).chunk(3, dim=-1)  # the formula of convcut.md §4.2, written out
+        q, k, v = pool.qkv(tokens).chunk(3, dim=-1)  # the formula of docs/models/convcut.md §4.2, written out
         formula = (torch.softmax(q @ k.transpose(1, 2) / 16.0, dim=-1) @ v).mean(dim=1)
     assert_rule(fused, ref64, low, "token attention D=256, triton vs fp64")
     torch.testing.assert_close(low, formula, rtol=1e-5, atol=1e-5)

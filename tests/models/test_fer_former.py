@@ -1,4 +1,4 @@
-"""FER-former (fastfer/models/fer_former.py) against ferformer.md: the released forward (transcribed in
+"""FER-former (fastfer/models/fer_former.py) against docs/models/ferformer.md: the released forward (transcribed in
 official_ferformer.py), contract, shapes, parameter counts, text features built once, heads, loss, backends,
 training, compile."""
 import copy
@@ -149,7 +149,7 @@ def test_parameter_counts(paper_model):
     assert counts["head"] == 256 * 7 + 7 and counts["text_proj"] == (text_head if paper_model.text_ready else 0)
     assert counts["token_norm"] == 100 and counts["tokens"] == 512 and counts["pos_embed"] == 0
     assert counts["total"] - counts["text_proj"] == 43_346_475  # what model(x) uses
-    assert 43_346_475 + text_head == 43_477_803  # with the text head, ferformer.md §12: ≈ 43.5 M
+    assert 43_346_475 + text_head == 43_477_803  # with the text head, docs/models/ferformer.md §12: ≈ 43.5 M
     stage4 = sum(p.numel() for p in IRSE(num_stages=4).body[3].parameters())
     output_layer = 2 * 512 + (512 * 7 * 7 * 512 + 512) + 2 * 512  # BN2d, Linear(25088 → 512), BN1d
     dead = stage4 + output_layer + (3 * 3 * 256 * 256 + 256) + (512 * 256 + 256) + 52 * 256  # + token2, fc1, pos

@@ -14,7 +14,7 @@ def _count(module):
 
 def test_ir50_three_stages_matches_apvit_trunk():
     trunk = IRSE(50, "ir", num_stages=3)
-    # apvit.md §7: IR-50 stem + 3 stages = 17,611,968 parameters.
+    # docs/models/apvit.md §7: IR-50 stem + 3 stages = 17,611,968 parameters.
     assert _count(trunk) == 17_611_968
     assert trunk.out_channels == 256
     assert [len(stage) for stage in trunk.body] == [3, 4, 14]

@@ -1,6 +1,6 @@
 """The released Conv-cut Keras model (``.h5``) → a complete fastfer Conv-cut state_dict, trunk included.
 
-Keras names (``keras.applications.ConvNeXtBase`` + the Conv-cut head, convcut.md §9), with ``P`` the
+Keras names (``keras.applications.ConvNeXtBase`` + the Conv-cut head, docs/models/convcut.md §9), with ``P`` the
 applications' model prefix (``convnext_base``) and ``B`` = ``P_stage_{s}_block_{b}``. Layouts: conv = Keras
 (kh, kw, in/groups, out) → (out, in/groups, kh, kw); Dense = (in, out) → (out, in); depthwise = SeparableConv2D
 (k, k, C, 1) → (C, 1, k, k); pointwise = (1, 1, in, out) → (out, in, 1, 1).

@@ -2,7 +2,7 @@
 
 Two sources:
 
-- the official ``ModelClassifier.state_dict()`` (ferformer.md §11; no checkpoint was released, so this is for
+- the official ``ModelClassifier.state_dict()`` (docs/models/ferformer.md §11; no checkpoint was released, so this is for
   models users trained with the official code): :func:`convert_official`;
 - face.evoLVe's IR-50 (``backbone_ir50_ms1m_epoch63.pth``) to initialise the backbone: :func:`convert_evolve_ir50`.
 
@@ -87,7 +87,7 @@ def convert_official(state_dict: dict, label_names: Optional[Sequence[str]] = No
                 unknown.append(key)
     if unknown:
         raise ValueError(f"state_dict: {len(unknown)} keys are not in the official FER-former layout "
-                         f"(ferformer.md §11), e.g. {unknown[:5]}")
+                         f"(docs/models/ferformer.md §11), e.g. {unknown[:5]}")
     if "vit.head.0.weight" not in sd:
         raise ValueError("state_dict: no 'vit.head.0.weight'; is this an official FER-former checkpoint?")
     dropped_body: list[str] = []

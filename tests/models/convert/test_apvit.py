@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.usefixtures("one_intra_op_thread"), pytest.mark.backen
 
 
 def test_apvit_order_maps_to_canonical_as_in_the_datasets_table():
-    # datasets.md §2: APViT internal → canonical 6, 5, 4, 2, 1, 3, 0, 7
+    # docs/datasets.md §2: APViT internal → canonical 6, 5, 4, 2, 1, 3, 0, 7
     assert [EXPRESSIONS.index(normalize_name(n)) for n in APVIT_ORDER] == list(APVIT_TO_CANONICAL)
     rows = torch.arange(7.0)
     mapping = order_map(APVIT_ORDER[:7], EXPRESSIONS[:7])

@@ -80,7 +80,7 @@ def test_trunk_errors():
 
 
 def to_keras(model, native):
-    """The released Keras head's weights from a keras_batch-mode model (convcut.md §9 names and layouts)."""
+    """The released Keras head's weights from a keras_batch-mode model (docs/models/convcut.md §9 names and layouts)."""
     sd = model.state_dict()
     def dw(t):  # (C, 1, k, k) → Keras (k, k, C, 1)
         return t.permute(2, 3, 0, 1).numpy()
