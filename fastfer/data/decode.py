@@ -154,15 +154,16 @@ def read_image(path, name: Optional[str] = None) -> np.ndarray:
     """Read an image file as RGB uint8 (H, W, 3) (see the module docstring). Missing → FileNotFoundError;
     undecodable → :class:`CorruptImageError`; both name the path."""
     path = os.fspath(path)
-    where = name or repr(path)
+    where = name or path
+    at = f" at {path!r}" if name and name != path else ""
     if not os.path.isfile(path):
         found = "a folder" if os.path.isdir(path) else "nothing"
-        raise FileNotFoundError(f"{where}: expected an image file, found {found} at {path!r}")
+        raise FileNotFoundError(f"{where}: expected an image file, found {found}{at}")
     cv2 = import_cv2()
     try:
         data = np.fromfile(path, dtype=np.uint8)  # fromfile + imdecode: non-ASCII paths work
     except OSError as exc:
-        raise CorruptImageError(f"{where}: cannot read {path!r}: {exc.strerror or exc}") from None
+        raise CorruptImageError(f"{where}: cannot read the file{at}: {exc.strerror or exc}") from None
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if bgr is not None:
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -173,7 +174,7 @@ def read_image(path, name: Optional[str] = None) -> np.ndarray:
             pil.load()
             return as_rgb_uint8(pil, where)
     except Exception as exc:  # Pillow raises many types for a bad file
-        raise CorruptImageError(f"{where}: cannot decode {path!r} ({data.size} bytes): expected an image file "
+        raise CorruptImageError(f"{where}: cannot decode it{at} ({data.size} bytes): expected an image file "
                                 f"OpenCV or Pillow can read ({type(exc).__name__}: {exc})") from None
 
 
