@@ -219,7 +219,8 @@ class Stream:
         smooth: weight of the newest frame in each track's probability average (None: no smoothing).
         min_hits, hold, max_gap, min_iou: tracking (see :class:`FaceTracker`).
         live, queue_size, fps, max_frames: the frame source (see :class:`FrameSource`).
-        annotate: write the processed frames, with boxes, track ids and labels, to this video file (.mp4).
+        annotate: write every frame read, with the boxes, track ids and labels of the latest processed frame, to
+            this video file (.mp4; frames dropped by a live source are not in it).
 
     Iterating yields one dict per processed frame: ``frame`` (index in the source), ``time`` (s), ``faces``
     (each with ``track``, ``held``, ``box``, ``label``, ``confidence``, ``probs`` (smoothed), ``raw_label`` /
@@ -246,6 +247,7 @@ class Stream:
         self._started: Optional[float] = None
         self._elapsed = 0.0
         self._iterating = False
+        self._last_faces: list = []
 
     @property
     def dropped(self) -> int:
@@ -259,8 +261,11 @@ class Stream:
         try:
             for frame in self.source:
                 if frame.index % self.every:
+                    if self.annotate is not None:  # the annotated video keeps every frame: the latest faces
+                        self._write(frame.image, self._last_faces)
                     continue
                 result = self.process(frame)
+                self._last_faces = result["faces"]
                 yield result
         finally:
             self._elapsed = time.monotonic() - self._started
@@ -316,7 +321,7 @@ class Stream:
         if self._writer is None:
             folder = os.path.dirname(os.path.abspath(self.annotate))
             os.makedirs(folder, exist_ok=True)
-            fps = (self.source.fps or 25.0) / self.every
+            fps = self.source.fps or 25.0
             h, w = image.shape[:2]
             self._writer = cv2.VideoWriter(self.annotate, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
             if not self._writer.isOpened():

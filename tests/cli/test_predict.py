@@ -57,7 +57,7 @@ def test_folder_with_video_to_jsonl_with_annotations(setup, capsys):
     out, ann = setup / "out.jsonl", setup / "annotated"
     rc = _run([str(setup / "photos"), str(setup / "missing.jpg"), "--checkpoint", str(setup / "run"),
                "--out", str(out), "--annotate", str(ann), "--every", "2", "--smooth", "--batch-size", "4",
-               "--backend", "torch"])
+               "--backend", "torch", "--min-hits", "1"])
     assert rc == 1  # missing.jpg, broken.png and broken.mp4 could not be read
     err = capsys.readouterr().err
     assert "2 images, 3 video frames, 4 faces, 1 without a face, 3 unreadable" in err
@@ -67,7 +67,7 @@ def test_folder_with_video_to_jsonl_with_annotations(setup, capsys):
         by_path.setdefault(r["path"].rsplit("/", 1)[-1], []).append(r)
     assert "no such file" in by_path["missing.jpg"][0]["error"]
     assert "broken.png" in by_path["broken.png"][0]["error"]
-    assert "cannot read video" in by_path["broken.mp4"][0]["error"]
+    assert "broken.mp4: cannot open (not a video OpenCV can decode)" in by_path["broken.mp4"][0]["error"]
     assert by_path["blank.jpg"][0] == {"path": str(setup / "photos" / "sub" / "blank.jpg"), "faces": [],
                                        "error": "no face found"}
     (photo,) = by_path["astronaut.png"]
