@@ -119,9 +119,9 @@ class HaarDetector:
     on ``johnsnow_test1.jpg``; on the clip: hands, a dress). A candidate is kept only if
 
     1. its centre is skin-coloured (:func:`skin_fraction` ≥ ``min_skin``; skipped on gray images), and
-    2. either the cascade's own confidence (the last stage's level weight) is ≥ ``strong_weight`` or a second,
-       differently trained cascade (``haarcascade_frontalface_alt2``) finds a face there too (IoU ≥ 0.5), run
-       only on the neighbourhood of the candidate, and
+    2. either the cascade's own confidence (the last stage's level weight) is ≥ ``strong_weight`` (colour images
+       only) or a second, differently trained cascade (``haarcascade_frontalface_alt2``) finds a face there too
+       (IoU ≥ 0.5), run only on the neighbourhood of the candidate, and
     3. it does not sit mostly (> 50 %) inside a kept, stronger box.
 
     Args:
@@ -171,7 +171,8 @@ class HaarDetector:
             if self.verifier is not None:
                 if check_skin and skin_fraction(small, box) < self.min_skin:
                     continue
-                if weights[i] < self.strong_weight and not self._confirmed(gray, x, y, w, h):
+                strong = weights[i] >= self.strong_weight and check_skin  # gray: no skin test, always confirm
+                if not strong and not self._confirmed(gray, x, y, w, h):
                     continue
                 if any(_overlap_of_smaller(box, k.box) > 0.5 for k in kept):
                     continue
