@@ -155,3 +155,40 @@ def test_tracker_smooths_per_track():
     assert second[0]["raw_label"] == "a"
     third = tracker.update([{"box": [200, 0, 210, 10], "label": "b", "probs": {"a": 0.2, "b": 0.8}}])
     assert third[0]["track"] == 2 and third[0]["probs"] == {"a": 0.2, "b": 0.8}  # a new face starts fresh
+
+
+def test_camera_that_cannot_be_opened_is_reported(setup, capsys):
+    rc = _run(["--camera", "97", "--checkpoint", str(setup / "run"), "--backend", "torch"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    record = json.loads(captured.out.splitlines()[-1])
+    assert record == {"path": "camera 97", "faces": [], "error": "camera 97: cannot open (no such camera, or it is "
+                                                                "in use)"}
+    assert "1 unreadable" in captured.err
+
+
+def test_unreachable_stream_url_is_reported(setup, capsys):
+    rc = _run(["rtsp://127.0.0.1:9/none", "--checkpoint", str(setup / "run"), "--backend", "torch"])
+    assert rc == 1
+    record = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert record["path"] == "rtsp://127.0.0.1:9/none" and "cannot open (the stream is unreachable" in record["error"]
+
+
+def test_video_tracks_summary_and_min_confidence(setup, capsys):
+    tracks, out = setup / "tracks.json", setup / "video.jsonl"
+    assert _run([str(setup / "photos" / "clip.avi"), "--checkpoint", str(setup / "run"), "--backend", "torch",
+                 "--tracks", str(tracks), "--out", str(out), "--min-confidence", "0.99", "--max-frames", "4"]) == 0
+    summary = json.loads(tracks.read_text())
+    (clip,) = summary.values()
+    assert clip["frames_read"] == 4 and clip["frames_processed"] == 4 and clip["dropped"] == 0
+    (track,) = clip["tracks"].values()
+    assert track["frames"] == 3  # min_hits 2: reported from the second frame on
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [len(r["faces"]) for r in records] == [0, 1, 1, 1]
+    assert all(f["label"] == "uncertain" for r in records for f in r["faces"])  # a random model is never sure
+    assert "1 tracks: #0 uncertain" in capsys.readouterr().err
+
+
+def test_no_input_is_a_usage_error():
+    with pytest.raises(SystemExit, match="give PATH… .* or --camera N"):
+        _run(["--model", "apvit_tiny"])
