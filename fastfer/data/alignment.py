@@ -105,7 +105,7 @@ def alignment_matrix(face, size: Sequence[int]) -> tuple[np.ndarray, str]:
     return similarity_transform(box_landmarks(face.box), reference_points(size, 2)), "box"
 
 
-def align_face(image: np.ndarray, face: Face, size: Union[int, Sequence[int]] = 112) -> tuple[np.ndarray, str]:
+def align_face(image: np.ndarray, face, size: Union[int, Sequence[int]] = 112) -> tuple[np.ndarray, str]:
     """Warp one face onto the template: image RGB uint8 (H, W, 3) → crop (h, w, 3) uint8 and the alignment kind.
 
     Bilinear sampling; pixels outside the image are black (as in face.evoLVe's warp).

@@ -41,6 +41,15 @@ from fastfer.data.detection import (  # noqa: F401
     make_detector,
 )
 
+__all__ = [  # the gathered toolbox, so `from fastfer.data import face as F; F.HaarDetector` keeps working
+    "BOX_EYES", "DETECTORS", "MTCNN_HINT", "MULTI_FACE_POLICIES", "NO_FACE_POLICIES", "OPENCV_HINT",
+    "TEMPLATE_96x112", "DetectorNotInstalledError", "Face", "HaarDetector", "MTCNNDetector", "MultipleFacesError",
+    "NoFaceError", "align_face", "alignment_matrix", "apply_policies", "apply_transform", "as_rgb_uint8",
+    "box_landmarks", "check_policies", "detector_name", "downscale", "faces_from_arguments", "import_cv2",
+    "import_cv2_haar", "import_mtcnn", "load_image", "make_detector", "read_image", "reference_points",
+    "resize_face", "similarity_transform",
+]
+
 NO_FACE_POLICIES = ("skip", "full", "error")
 MULTI_FACE_POLICIES = ("all", "largest", "error")
 

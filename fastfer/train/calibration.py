@@ -87,7 +87,6 @@ def expected_calibration_error(probs: Tensor, targets: Tensor, bins: int = 15) -
     correct = (predicted == targets).double()
     # bin b holds confidences in (b/B, (b+1)/B]; a confidence of exactly 0 goes to the first bin
     index = torch.clamp(torch.ceil(confidence * bins).long() - 1, 0, bins - 1)
-    total = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, torch.ones_like(confidence))
     conf_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, confidence)
     acc_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, correct)
     gap = (acc_sum - conf_sum).abs()  # = n_b · |acc_b − conf_b|
