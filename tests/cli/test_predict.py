@@ -192,3 +192,27 @@ def test_video_tracks_summary_and_min_confidence(setup, capsys):
 def test_no_input_is_a_usage_error():
     with pytest.raises(SystemExit, match="give PATH… .* or --camera N"):
         _run(["--model", "apvit_tiny"])
+
+
+def test_own_label_folder_set_end_to_end(tmp_path, capsys):
+    """A 3-class folder set with names of one's own: train one step, then predict and eval use the checkpoint's
+    names (the folder names; ``--labels`` in ``fastfer train`` makes the order explicit)."""
+    from fastfer.cli import main
+
+    face = cv2.cvtColor(skimage_data.astronaut()[:256, 64:320], cv2.COLOR_RGB2BGR)
+    for split in ("train", "test"):
+        for i, name in enumerate(["engaged", "bored", "confused"]):
+            (tmp_path / "set" / split / name).mkdir(parents=True)
+            for k in range(3):
+                cv2.imwrite(str(tmp_path / "set" / split / name / f"{k}.png"), np.roll(face, 30 * i + 5 * k, axis=0))
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"folder:{tmp_path / 'set'}", "--model", "apvit_tiny", "--epochs", "1",
+                 "--max-steps-per-epoch", "1", "--batch-size", "4", "--threads", "1", "--out", str(run),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert _run([str(tmp_path / "set" / "test" / "bored" / "0.png"), "--checkpoint", str(run), "--detector", "none",
+                 "--backend", "torch"]) == 0
+    record = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert list(record["faces"][0]["probs"]) == ["bored", "confused", "engaged"]
+    report = json.loads((run / "test_report.json").read_text())
+    assert "bored" in json.dumps(report) and "engaged" in json.dumps(report)
