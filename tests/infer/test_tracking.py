@@ -94,10 +94,12 @@ def _shares(counts):
 @pytest.mark.slow  # detection on the 275 frames: ~16 s with MTCNN, ~40 s with the Haar fallback here
 def test_tracking_smooths_the_clip_face_count(clip_detections):
     """The Stream's defaults (min_hits 2, hold 3). MTCNN (the default detector): ≥ 95 % of the 275 frames within
-    the per-shot count and within faces.json's [1, 2] on the shots it describes (measured: 97.8 % and 98.7 %;
-    raw detections 97.1 % / 96.0 %). Over all frames faces.json's range cannot be met by a correct detector: the
-    last shot shows four people (see tests/data/real_faces.py). The Haar fallback misses profile and turned
-    faces; its measured levels are kept as a floor (55 % / 77 % tracked)."""
+    the per-shot count and within faces.json's [1, 2] on the shots it describes (measured: 97.8 % and 98.7 %
+    tracked; the filtered raw detections are already at 99.6 % / 100 % — tracking costs a few frames at the shot
+    cuts, where held boxes of the previous shot linger and new faces wait one frame for confirmation). Over all
+    frames faces.json's range cannot be met by a correct detector: the last shot shows four people (see
+    tests/data/real_faces.py). The Haar fallback misses profile and turned faces; its measured levels are kept as
+    a floor (tracked 53.8 % / 78.5 %; raw 54.9 % / 68.5 %)."""
     name, detections = clip_detections
     assert len(detections) == 275
     raw = _shares([(i, len(b)) for i, b in detections])
@@ -106,6 +108,7 @@ def test_tracking_smooths_the_clip_face_count(clip_detections):
         assert tracked[0] >= 0.95 and tracked[1] >= 0.95, f"tracked {tracked}, raw {raw}"
     else:
         assert tracked[1] > raw[1] and tracked[0] >= 0.5 and tracked[1] >= 0.75, f"tracked {tracked}, raw {raw}"
+    assert raw[0] >= 0.5  # the detections themselves, for the record in the failure message above
 
 
 @pytest.mark.slow
