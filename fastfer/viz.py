@@ -255,8 +255,8 @@ _BOX_COLOUR = (255, 140, 0)  # RGB orange: readable on skin, sky and dark backgr
 def annotate_image(image: np.ndarray, faces: Sequence[Mapping], colour=_BOX_COLOUR) -> np.ndarray:
     """Copy of an RGB uint8 image (H, W, 3) with each face's box, landmarks and ``label p`` drawn on it.
 
-    ``faces``: dicts with ``box`` (x1, y1, x2, y2) and optionally ``landmarks`` [[x, y], …], ``label`` and
-    ``probs`` (as returned by :meth:`fastfer.infer.Predictor.predict`).
+    ``faces``: dicts with ``box`` (x1, y1, x2, y2) and optionally ``landmarks`` [[x, y], …], ``label``,
+    ``confidence`` / ``probs`` and ``track`` (as returned by :meth:`fastfer.infer.Predictor.predict` / ``stream``).
     """
     import cv2
 
@@ -275,8 +275,10 @@ def annotate_image(image: np.ndarray, faces: Sequence[Mapping], colour=_BOX_COLO
         label = face.get("label")
         if label is None:
             continue
-        p = (face.get("probs") or {}).get(label)
+        p = face.get("confidence", (face.get("probs") or {}).get(label))  # "uncertain" has no probs entry
         text = f"{label} {p:.2f}" if p is not None else str(label)
+        if face.get("track") is not None:  # stream / video faces: the track id keeps people apart
+            text = f"#{face['track']} {text}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
         ty = y1 - 4 if y1 - th - base - 4 >= 0 else min(y2 + th + 4, H - base)  # above the box, else below
         cv2.rectangle(out, (x1, ty - th - 2), (x1 + tw + 4, ty + base), colour, -1)

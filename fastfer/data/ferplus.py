@@ -1,11 +1,25 @@
 """FERPlus reader (``datasets.md`` §5): FER2013 faces re-labelled by 10 crowd votes, majority label.
 
 Layouts (``layout="auto"`` picks the first present):
-- ``"folders"``: the generator's output ``FER2013{Train,Valid,Test}/ferNNNNNNN.png`` + ``label.csv`` per
-  folder, no header, either 11 columns (``name, 10 counts``, current generator) or 12 columns (``name, "(x, y,
-  w, h)" face box, 10 counts``, the committed copies); the column count is read from each row.
+- ``"folders"``: ``FER2013{Train,Valid,Test}/ferNNNNNNN.png`` (written by ``microsoft/FERPlus``'s
+  ``src/generate_training_data.py``) + ``label.csv`` per folder, no header, in one of two forms (the column count
+  is read from each row):
+
+  - 11 columns, ``name, 10 counts``: written by the generator since it copies the votes of ``fer2013new.csv``
+    (``Image name`` and the vote columns of each row, ``Usage`` dropped) — the same votes as the csv layout;
+  - 12 columns, ``name, "(x, y, w, h)" face box, 10 counts``: the copies committed under the repository's
+    ``data/FER2013*/label.csv``. The earlier generator wrote the PNGs only, so a folder tree built with it uses
+    these files — an **earlier vote release** than ``fer2013new.csv``: the two disagree on 1,602 images
+    (378 majority labels) over the three splits, so the two layouts train and test on different images and
+    labels.
 - ``"csv"``: ``fer2013new.csv`` (``Usage,Image name,<10 vote columns>``) beside ``fer2013.csv`` (pixels), same
   row order; rows with an empty ``Image name`` are not faces and are skipped.
+
+Layouts that disagree are reported, not silently different: when both vote sources are under ``root`` (the
+folders' ``label.csv`` and ``fer2013new.csv``), the reader compares them for its split and puts the counts in
+``summary()["vote_sources"]`` (images only in one source, images whose votes differ, images whose majority
+label differs), with a warning when any is non-zero; a 12-column ``label.csv`` read without ``fer2013new.csv``
+beside it gets a warning that it is the earlier release.
 
 Vote columns: neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF.
 Label = :func:`majority_vote`; samples whose vote is unknown / NF (and contempt when ``num_classes=7``) are
@@ -125,6 +139,43 @@ def _counts(values: Sequence[str], path: Path, line: int) -> list[float]:
     return out
 
 
+def _votes_from_label_csv(path: Path) -> tuple[dict[str, list[float]], int | None]:
+    """A folder's ``label.csv`` → ({image name: 10 counts} in file order, its column count: 11, 12 or None
+    when empty)."""
+    votes: dict[str, list[float]] = {}
+    columns = None
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        for row in reader:
+            line = reader.line_num
+            if not row or all(not c.strip() for c in row):
+                continue
+            if line == 1 and row[-1].strip().lower() == "nf":  # tolerate a header row
+                continue
+            if len(row) == 11:
+                counts = row[1:]
+            elif len(row) == 12:
+                counts = row[2:]  # row[1] is the face box "(x, y, w, h)"
+            else:
+                raise DatasetFormatError(path, line, f"expected 11 fields (name, 10 vote counts) or 12 (name, "
+                                                     f"face box, 10 vote counts), got {len(row)}")
+            name = row[0].strip()
+            if not name:
+                raise DatasetFormatError(path, line, "expected an image name in the first field, got ''")
+            columns = columns or len(row)
+            votes[name] = _counts(counts, path, line)
+    return votes, columns
+
+
+def _split_votes_from_csv(path: Path, split: str) -> dict[str, list[float]]:
+    """{image name: 10 counts} of one split of ``fer2013new.csv`` (rows without an image name skipped)."""
+    votes = {}
+    for line, row in iter_csv(path, ("Usage", "Image name") + VOTE_COLUMNS):
+        if row["Usage"].strip() == USAGE[split] and row["Image name"].strip():
+            votes[row["Image name"].strip()] = _counts([row[c] for c in VOTE_COLUMNS], path, line)
+    return votes
+
+
 class FERPlus(FERDataset):
     """FERPlus, 8 classes (or 7 without contempt). ``dataset[i]`` → ``(uint8 [3, 48, 48] RGB, label)``."""
 
@@ -152,11 +203,51 @@ class FERPlus(FERDataset):
         super().__init__(VOTE_COLUMNS, num_classes, split=split, transform=transform, strict=strict,
                          source=str(source))
         self.layout = layout
+        self.label_columns: int | None = None  # folders: 11 or 12 (see the module docstring)
+        self.vote_sources: dict = {}
         if layout == "folders":
-            self._read_label_csv(source)
+            votes = self._read_label_csv(source)
         else:
-            self._read_csv_pair(source, Path(fer2013_csv) if fer2013_csv else root / "fer2013.csv")
+            votes = self._read_csv_pair(source, Path(fer2013_csv) if fer2013_csv else root / "fer2013.csv")
+        self._compare_vote_sources(root, votes)
         self._finish()
+
+    def _compare_vote_sources(self, root: Path, votes: dict[str, list[float]]) -> None:
+        """Count how the folders' ``label.csv`` and ``fer2013new.csv`` differ on this split, when both exist."""
+        import warnings
+
+        other_path = root / "fer2013new.csv" if self.layout == "folders" else root / FOLDERS[self.split] / "label.csv"
+        if not other_path.is_file():
+            self.vote_sources = {"compared": False, "label_columns": self.label_columns}
+            if self.label_columns == 12:
+                warnings.warn(f"FERPlus {self.split}: {self.source} has 12 columns — microsoft/FERPlus's committed "
+                              f"label.csv copies, an earlier vote release than fer2013new.csv (they disagree on "
+                              f"1,602 images, 378 majority labels, over the three splits). Put fer2013new.csv in "
+                              f"{root} to count the differences for this split, or regenerate label.csv with the "
+                              f"current generator", RuntimeWarning, stacklevel=3)
+            return
+        if self.layout == "folders":
+            folder_votes, csv_votes, columns = votes, _split_votes_from_csv(other_path, self.split), self.label_columns
+        else:
+            (folder_votes, columns), csv_votes = _votes_from_label_csv(other_path), votes
+        common = folder_votes.keys() & csv_votes.keys()
+        differ = [n for n in common if folder_votes[n] != csv_votes[n]]
+        report = {"compared": True, "label_columns": columns,
+                  "folders": str(root / FOLDERS[self.split] / "label.csv"), "csv": str(root / "fer2013new.csv"),
+                  "only_in_folders": len(folder_votes.keys() - csv_votes.keys()),
+                  "only_in_csv": len(csv_votes.keys() - folder_votes.keys()),
+                  "votes_differ": len(differ),
+                  "labels_differ": sum(majority_vote(folder_votes[n]) != majority_vote(csv_votes[n]) for n in differ)}
+        self.vote_sources = report
+        if report["only_in_folders"] or report["only_in_csv"] or report["votes_differ"]:
+            warnings.warn(f"FERPlus {self.split}: the folders' label.csv and fer2013new.csv disagree — "
+                          f"{report['votes_differ']} images with different votes ({report['labels_differ']} "
+                          f"majority labels), {report['only_in_folders']} only in the folders, "
+                          f"{report['only_in_csv']} only in the csv; this reader uses the {self.layout} layout "
+                          f"({self.source})", RuntimeWarning, stacklevel=3)
+
+    def summary(self) -> dict:
+        return {**super().summary(), "vote_sources": self.vote_sources}
 
     def _top(self, counts: list[float]) -> tuple[int, list[float] | None]:
         """(vote column of the label — UNKNOWN when dropped, the 10-column distribution or None)."""
@@ -190,31 +281,17 @@ class FERPlus(FERDataset):
             return f"vote {native_name}"
         return super()._drop_reason(native_name)
 
-    def _read_label_csv(self, path: Path) -> None:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            for row in reader:
-                line = reader.line_num
-                if not row or all(not c.strip() for c in row):
-                    continue
-                if line == 1 and row[-1].strip().lower() == "nf":  # tolerate a header row
-                    continue
-                if len(row) == 11:
-                    votes = row[1:]
-                elif len(row) == 12:
-                    votes = row[2:]  # row[1] is the face box "(x, y, w, h)"
-                else:
-                    raise DatasetFormatError(path, line, f"expected 11 fields (name, 10 vote counts) or 12 (name, "
-                                                         f"face box, 10 vote counts), got {len(row)}")
-                name = row[0].strip()
-                if not name:
-                    raise DatasetFormatError(path, line, "expected an image name in the first field, got ''")
-                self._keep(name, _counts(votes, path, line))
+    def _read_label_csv(self, path: Path) -> dict[str, list[float]]:
+        votes, self.label_columns = _votes_from_label_csv(path)
+        for name, counts in votes.items():
+            self._keep(name, counts)
+        return votes
 
     def _read_csv_pair(self, votes_path: Path, pixels_path: Path) -> None:
         require_file(pixels_path, "FER2013 pixels file (fer2013.csv) for the FERPlus csv layout")
         rows = iter_csv(pixels_path, ("emotion", "pixels", "Usage"))
         self.images: dict[int, object] = {}
+        votes: dict[str, list[float]] = {}
         for line, vote_row in iter_csv(votes_path, ("Usage", "Image name") + VOTE_COLUMNS):
             pix = next(rows, None)
             if pix is None:
@@ -232,6 +309,7 @@ class FERPlus(FERDataset):
                 self._drop("empty Image name (not a face)")
                 continue
             counts = _counts([vote_row[c] for c in VOTE_COLUMNS], votes_path, line)
+            votes[vote_row["Image name"].strip()] = counts
             decided = self._top(counts)
             if decided[0] in (UNKNOWN, NOT_A_FACE):
                 self._keep(None, counts, decided)  # dropped: no need to parse the pixels
@@ -243,6 +321,7 @@ class FERPlus(FERDataset):
         if extra is not None:
             raise DatasetFormatError(pixels_path, extra[0], f"more rows than {votes_path}: the two files must "
                                                             f"have the same rows in the same order")
+        return votes
 
     def load(self, key):
         if self.layout == "folders":

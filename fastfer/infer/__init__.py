@@ -1,6 +1,8 @@
 """Inference: the batched :class:`Predictor` (images → detected, aligned faces → expressions), model loading
-shared with training (:func:`load_model`), face tracking across frames (:class:`FaceTracker`), prediction over
-files and videos (:mod:`.files`) and export to ``torch.export`` / ONNX (:func:`export_model`).
+shared with training (:func:`load_model`), face tracking across frames (:class:`FaceTracker`), live and recorded
+streams (:class:`Stream`, :class:`FrameSource`: cameras, URLs, videos), per-item results (:class:`Faces`),
+prediction over files and videos (:mod:`.files`) and export to ``torch.export`` / ONNX (:func:`export_model`).
+User guide: ``docs/inference.md``.
 
 Submodules load on first use, so ``import fastfer.infer`` stays light.
 """
@@ -14,6 +16,10 @@ _EXPORTS = {
     "load_model": "fastfer.infer.loading",
     "model_info": "fastfer.infer.loading",
     "FaceTracker": "fastfer.infer.tracking",
+    "Faces": "fastfer.infer.results",
+    "FrameSource": "fastfer.infer.stream",
+    "Stream": "fastfer.infer.stream",
+    "StreamError": "fastfer.infer.stream",
     "ExportResult": "fastfer.infer.export",
     "export_model": "fastfer.infer.export",
     "load_exported": "fastfer.infer.export",

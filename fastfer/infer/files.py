@@ -1,5 +1,6 @@
-"""Prediction over files: inputs from paths and folders, result files (JSON lines / CSV), image batches, videos
-(frame sampling, face tracking and probability smoothing), annotated outputs — what ``fastfer predict`` runs."""
+"""Prediction over files and streams: inputs from paths, folders, URLs and cameras, result files (JSON lines / CSV),
+image batches, videos and live streams (through :class:`fastfer.infer.stream.Stream`: frame sampling, face
+tracking, probability smoothing, per-track summaries), annotated outputs — what ``fastfer predict`` runs."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from fastfer.infer.tracking import FaceTracker
+from fastfer.infer.stream import URL_SCHEMES, StreamError
 
 NO_FACE = "no face found"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".jp2"}
@@ -21,22 +22,30 @@ VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".m
 
 @dataclass(frozen=True)
 class PredictOptions:
-    """What to do besides classifying: ``annotate`` / ``explain`` output folders, videos' frame step ``every``
-    and track smoothing weight ``smooth`` (None: off)."""
+    """What to do besides classifying: ``annotate`` / ``explain`` output folders; for videos and streams the
+    frame step ``every``, track smoothing weight ``smooth`` (None: off), tracking ``min_hits`` / ``hold``, and
+    ``max_frames`` (streams stop after that many frames read)."""
 
     annotate: Optional[str] = None
     explain: Optional[str] = None
     every: int = 1
     smooth: Optional[float] = None
+    min_hits: int = 2
+    hold: int = 3
+    max_frames: Optional[int] = None
 
 
 def collect_inputs(paths) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
-    """PATH arguments → ([(kind, path, name)], [(path, error)] for missing ones). ``kind`` is ``image`` or
-    ``video``; ``name`` is the path relative to the folder argument's parent (the file name for files), used
-    for ``--annotate`` outputs. Folders are walked recursively (sorted); inside folders only files with an image
-    or video extension are taken, files named explicitly are tried as images unless they look like videos."""
+    """PATH arguments → ([(kind, path, name)], [(path, error)] for missing ones). ``kind`` is ``image``,
+    ``video`` or ``stream`` (a URL: ``rtsp://``, ``http(s)://`` …); ``name`` is the path relative to the folder
+    argument's parent (the file name for files), used for ``--annotate`` outputs. Folders are walked recursively
+    (sorted); inside folders only files with an image or video extension are taken, files named explicitly are
+    tried as images unless they look like videos."""
     inputs, errors = [], []
     for raw in paths:
+        if str(raw).lower().startswith(URL_SCHEMES):
+            inputs.append(("stream", str(raw), stream_name(str(raw))))
+            continue
         path = Path(raw)
         if path.is_dir():
             for f in sorted(p for p in path.rglob("*") if p.is_file()):
@@ -64,19 +73,32 @@ def predict_files(predictor, inputs: Sequence[tuple[str, str, str]], writer: "Re
     for start in range(0, len(images), predictor.batch_size):
         process_image_batch(predictor, images[start:start + predictor.batch_size], writer, stats, options, bar)
     for kind, path, name in inputs:
-        if kind == "video":
+        if kind in ("video", "stream"):
             process_video(predictor, path, name, writer, stats, options, bar)
     return stats
 
 
 def total_work(inputs: Sequence[tuple[str, str, str]], every: int) -> int:
-    """Images plus video frames that will be classified (for a progress bar)."""
+    """Images plus video frames that will be classified (for a progress bar); None when a stream (camera, URL)
+    is among them."""
+    if any(kind == "stream" for kind, _, _ in inputs):
+        return None
     return sum(count_frames(p, every) if kind == "video" else 1 for kind, p, _ in inputs)
+
+
+def stream_name(source) -> str:
+    """A file-name-safe name for a camera index or URL (for ``--annotate`` outputs)."""
+    if isinstance(source, int):
+        return f"camera{source}"
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(source).split("://", 1)[-1]).strip("_")[:80] or "stream"
 
 
 class ResultWriter:
     """Writes result records to ``path`` (.jsonl / .json: one JSON object per line; .csv: one row per face) or,
-    with no path, JSON lines to stdout. Record: ``path``, optional ``frame`` / ``time``, ``faces``, ``error``."""
+    with no path, JSON lines to stdout. Record: ``path``, optional ``frame`` / ``time`` / ``dropped``, ``faces``,
+    ``error``."""
 
     def __init__(self, path: Optional[str], label_names: Sequence[str]):
         self.labels = list(label_names)
@@ -131,7 +153,7 @@ def _write_image(path: Path, rgb: np.ndarray) -> None:
 def process_image_batch(predictor, items: Sequence[tuple[str, str]], writer: ResultWriter, stats: dict,
                         options: PredictOptions, bar) -> None:
     """Read (unreadable files → an error record), classify together, write records and annotated copies."""
-    from fastfer.data.face import read_image
+    from fastfer.data.decode import read_image
     from fastfer.viz import annotate_image
 
     arrays, names, rels = [], [], []
@@ -188,66 +210,43 @@ def count_frames(path: str, every: int) -> int:
     return max(0, (n + every - 1) // every)
 
 
-def process_video(predictor, path: str, rel: str, writer: ResultWriter, stats: dict, options: PredictOptions,
-                  bar) -> None:
-    """Classify every ``options.every``-th frame in batches; with ``--annotate`` write ``<DIR>/<rel>.mp4`` with each
-    frame showing the latest classified frame's faces."""
-    import cv2
-
-    from fastfer.viz import annotate_image
-
-    cap = cv2.VideoCapture(path)
-    ok, first = cap.read() if cap.isOpened() else (False, None)
-    if not ok:
-        cap.release()
-        writer.write({"path": path, "faces": [], "error": f"cannot read video {path!r} (not a video OpenCV "
-                                                           f"can decode)"})
+def process_video(predictor, source, rel: str, writer: ResultWriter, stats: dict, options: PredictOptions,
+                  bar) -> Optional[dict]:
+    """Classify every ``options.every``-th frame of a video file, URL or camera (a :class:`Stream`): one record
+    per processed frame (faces with ``track``); with ``--annotate`` write ``<DIR>/<rel>.mp4``. A source that
+    cannot be opened gets an error record. Returns the stream's summary (per-track expressions), also kept in
+    ``stats["tracks"]``; Ctrl-C ends a live stream cleanly."""
+    name = source if isinstance(source, str) else f"camera {source}"
+    target = str((Path(options.annotate) / rel).with_suffix(".mp4")) if options.annotate else None
+    try:
+        stream = predictor.stream(source, every=options.every, smooth=options.smooth, min_hits=options.min_hits,
+                                  hold=options.hold, max_frames=options.max_frames, annotate=target)
+    except StreamError as exc:
+        writer.write({"path": name, "faces": [], "error": str(exc)})
         stats["unreadable"] += 1
-        return
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    tracker = FaceTracker(predictor.label_names, options.smooth)
-    out = None
-    if options.annotate:
-        target = (Path(options.annotate) / rel).with_suffix(".mp4")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        h, w = first.shape[:2]
-        out = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    pending: list[tuple[int, np.ndarray]] = []  # sampled frames waiting for the model (RGB)
-    held: list[tuple[int, np.ndarray]] = []  # every frame waiting to be written to the annotated video (BGR)
-    last_faces: list = []
-
-    def flush():
-        nonlocal last_faces
-        results = predictor.predict([f for _, f in pending], names=[f"{path}#frame{i}" for i, _ in pending]) \
-            if pending else []
-        by_frame = {}
-        for (index, _), faces in zip(pending, results):
-            faces = tracker.update(faces)
-            writer.write(_record(path, faces, frame=index, time=round(index / fps, 3)))
+        return None
+    live = stream.source.live
+    try:
+        for result in stream:
+            extra = {"frame": result["frame"], "time": result["time"]}
+            if live:
+                extra["dropped"] = result["dropped"]
+            writer.write(_record(name, result["faces"], **extra))
             stats["frames"] += 1
-            stats["faces"] += len(faces)
-            stats["no_face"] += not faces
-            by_frame[index] = faces
+            stats["faces"] += len(result["faces"])
+            stats["no_face"] += not result["faces"]
             bar.update(1)
-        for index, bgr in held:
-            last_faces = by_frame.get(index, last_faces)
-            rgb = annotate_image(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), last_faces)
-            out.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        pending.clear()
-        held.clear()
-
-    index, frame = 0, first
-    while frame is not None:
-        if index % options.every == 0:
-            pending.append((index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
-        if out is not None:
-            held.append((index, frame))
-        if len(pending) >= predictor.batch_size or len(held) >= 256:  # bound the frames kept in memory
-            flush()
-        ok, frame = cap.read()
-        frame = frame if ok else None
-        index += 1
-    flush()
-    cap.release()
-    if out is not None:
-        out.release()
+    except KeyboardInterrupt:
+        if not live:
+            raise
+    finally:
+        stream.close()
+    if stream.source.read == 0:
+        writer.write({"path": name, "faces": [], "error": f"cannot read video {name!r} (no frame could be "
+                                                         f"decoded)"})
+        stats["unreadable"] += 1
+        return None
+    summary = stream.summary()
+    stats.setdefault("tracks", {})[name] = summary
+    stats["dropped"] = stats.get("dropped", 0) + summary["dropped"]
+    return summary

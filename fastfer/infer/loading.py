@@ -2,12 +2,13 @@
 
 A checkpoint is what fastfer training writes (see :mod:`fastfer.models.weights`): a safetensors state dict whose
 header metadata names the model, its constructor arguments, ``label_names`` and preprocessing (``input_size``,
-``mean``, ``std``, ``alignment``); a run or checkpoint folder stands for the weights inside it. A plain state dict
+``mean``, ``std``, ``alignment``) and, once calibrated, ``calibration`` (``{"temperature": T, ...}``); a run or checkpoint folder stands for the weights inside it. A plain state dict
 (safetensors or ``.pth``) without metadata needs ``model_name``; its class count is read from the classifier
 weight. A checkpoint of another model or another class count fails with a message that says which.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -18,7 +19,8 @@ from torch import nn
 @dataclass(frozen=True)
 class ModelInfo:
     """What inference needs to know about a model: name, class names in logit order, input (H, W), mean/std on
-    the [0, 1] scale, and the face alignment its training data had (None when unknown)."""
+    the [0, 1] scale, the face alignment its training data had (None when unknown) and the calibrated softmax
+    temperature (None when the checkpoint was not calibrated)."""
 
     model_name: Optional[str]
     label_names: tuple[str, ...]
@@ -26,6 +28,7 @@ class ModelInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     alignment: Optional[str] = None
+    temperature: Optional[float] = None
 
 
 def _cfg_value(cfg, key):
@@ -64,7 +67,22 @@ def model_info(model: nn.Module, meta: Optional[dict] = None, model_name: Option
                          f"{len(names)}: {list(names)}")
     name = model_name or meta.get("model") or _cfg_value(cfg, "architecture")
     return ModelInfo(name, names, size, tuple(float(v) for v in mean), tuple(float(v) for v in std),
-                     pre.get("alignment") or meta.get("alignment"))
+                     pre.get("alignment") or meta.get("alignment"), calibrated_temperature(meta))
+
+
+def calibrated_temperature(meta: dict) -> Optional[float]:
+    """``meta["calibration"]["temperature"]`` as a float, None when absent; ValueError naming the field when it is
+    not a positive finite number."""
+    calibration = meta.get("calibration")
+    if calibration is None:
+        return None
+    value = calibration.get("temperature") if isinstance(calibration, dict) else None
+    if value is None:
+        raise ValueError(f"checkpoint metadata calibration: expected {{'temperature': T, ...}}, got {calibration!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"checkpoint metadata calibration.temperature: expected a positive finite number, got "
+                         f"{value!r}")
+    return float(value)
 
 
 def load_model(source, model_name: Optional[str] = None, num_classes: Optional[int] = None,

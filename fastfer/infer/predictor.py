@@ -4,14 +4,24 @@
     predictor = Predictor("run/model.safetensors")                # a training run's weights, or a model object
     results = predictor.predict(["a.jpg", rgb_array, pil_image])  # per image: a list of faces
     results[0][0]  # {"box": [x1, y1, x2, y2], "landmarks": [[x, y], …] | None, "score": …, "alignment": …,
-                   #  "label": "happy", "probs": {"neutral": 0.01, "happy": 0.93, …}, "logits": [...]}
+                   #  "label": "happy", "confidence": 0.93, "probs": {"neutral": 0.01, "happy": 0.93, …},
+                   #  "logits": [...]}
+    results[2].error                                              # None, or why that item could not be read
+    predictor.predict(images, features=True)[0][0]["features"]    # pre-logit embedding of each face
     predictor.predict_faces(torch_uint8_batch)                    # (B, 3, H, W) face crops, no detection
     predictor.explain(crops)                                      # APViT: APP scores, kept patches per block
+    for frame in predictor.stream(0): ...                         # camera / URL / video / frames: tracked faces
 
 Faces of all images are classified together in batches of ``batch_size`` (one forward per batch, not per face).
-Images are RGB: numpy (H, W, 3) uint8 or float in [0, 1], PIL images, (3, H, W) / (B, 3, H, W) tensors (uint8 or
-float in [0, 1]), or file paths. OpenCV frames are BGR: convert them with ``cv2.cvtColor(f, cv2.COLOR_BGR2RGB)``.
-Detection, alignment and the no-face / multi-face policies: :mod:`fastfer.data.face`.
+Images are RGB: numpy arrays, PIL images, (3, H, W) / (B, 3, H, W) tensors, or file paths — what each may hold
+(8/16-bit, gray, RGBA, CMYK, palette, EXIF orientation; uint8 or float in [0, 1], ``value_range=``):
+:mod:`fastfer.data.decode`. OpenCV frames are BGR: convert them with ``cv2.cvtColor(f, cv2.COLOR_BGR2RGB)``.
+An item that cannot be decoded is reported per item (:mod:`fastfer.infer.results`). Detection, alignment and the
+no-face / multi-face policies: :mod:`fastfer.data.face`.
+
+Probabilities are ``softmax(logits / T)`` with the temperature ``T`` stored in the checkpoint by calibration
+(``meta["calibration"]["temperature"]``; 1 when absent); ``min_confidence`` labels faces whose top probability is
+below it ``uncertain``.
 """
 from __future__ import annotations
 
@@ -24,8 +34,11 @@ import torch
 from torch import Tensor, nn
 
 from fastfer import ops
+from fastfer.data import decode
 from fastfer.data import face as face_lib
 from fastfer.infer.loading import ModelInfo, load_model  # noqa: F401 — ModelInfo is part of the API
+from fastfer.infer.results import ITEM_ERRORS, Faces, check_on_error, failed
+from fastfer.infer.tracking import UNCERTAIN
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _nullcontext = contextlib.nullcontext
@@ -54,22 +67,28 @@ class Predictor:
             ``torch``; None = the process's pin, else automatic).
         amp: None / ``off`` (fp32), ``bf16`` or ``fp16`` autocast.
         batch_size: faces per forward pass.
-        detector: ``haar`` (default), ``mtcnn``, ``none`` (images are face crops unless boxes / landmarks are
-            given) or a callable image → list of :class:`fastfer.data.face.Face`.
+        detector: ``auto`` (default: MTCNN when facenet-pytorch imports, else Haar), ``mtcnn``, ``haar``, ``none``
+            (images are face crops unless boxes / landmarks are given) or a callable image → list of
+            :class:`fastfer.data.face.Face` (see :mod:`fastfer.data.detection`).
         no_face, multi_face: detection policies (see :mod:`fastfer.data.face`).
         compile: ``torch.compile`` the model; batches are padded to ``batch_size`` so it compiles once.
         cuda_graphs: capture the forward pass of one ``batch_size`` batch in a CUDA graph and replay it (CUDA
             only; batches are padded to ``batch_size``). With ``compile`` this is mode ``reduce-overhead``.
         model_name, num_classes: for checkpoints without metadata (plain state dicts); checked against the
             checkpoint's metadata when it has some.
+        temperature: divide logits by this before the softmax (None: the checkpoint's calibrated temperature,
+            else 1).
+        min_confidence: faces whose top probability is below this get the label ``uncertain`` (``probs`` keep
+            every class).
 
     A model object is used in place: moved to ``device`` and put in eval mode.
     """
 
     def __init__(self, model: Union[nn.Module, str, os.PathLike], device=None, backend: Optional[str] = None,
-                 amp: Optional[str] = None, batch_size: int = 32, detector="haar", no_face: str = "skip",
+                 amp: Optional[str] = None, batch_size: int = 32, detector="auto", no_face: str = "skip",
                  multi_face: str = "all", compile: bool = False, cuda_graphs: bool = False,
-                 model_name: Optional[str] = None, num_classes: Optional[int] = None):
+                 model_name: Optional[str] = None, num_classes: Optional[int] = None,
+                 temperature: Optional[float] = None, min_confidence: Optional[float] = None):
         self.device = _resolve_device(device)
         self.batch_size = _check_positive_int("batch_size", batch_size)
         if amp in (None, False, "off", "fp32"):
@@ -89,7 +108,10 @@ class Predictor:
         self.input_size = self.info.input_size  # (H, W)
         self.mean = torch.tensor(self.info.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.info.std, device=self.device).view(1, 3, 1, 1)
+        self.temperature = _check_temperature(temperature if temperature is not None else self.info.temperature)
+        self.min_confidence = _check_confidence(min_confidence)
         self.detector = face_lib.make_detector(detector, device=str(self.device))
+        self.detector_name = face_lib.detector_name(self.detector)
         self.pad_batches = compile or cuda_graphs
         self._forward = self.model
         if compile:
@@ -100,7 +122,8 @@ class Predictor:
 
     def __repr__(self) -> str:
         return (f"Predictor(model={self.info.model_name!r}, device={str(self.device)!r}, "
-                f"input_size={self.input_size}, labels={list(self.label_names)}, batch_size={self.batch_size})")
+                f"input_size={self.input_size}, labels={list(self.label_names)}, batch_size={self.batch_size}, "
+                f"detector={self.detector_name!r}, temperature={self.temperature})")
 
     # --- model ------------------------------------------------------------------------------------------------
 
@@ -111,26 +134,48 @@ class Predictor:
         return (x - self.mean) / self.std
 
     @torch.inference_mode()
-    def logits(self, x: Tensor) -> Tensor:
+    def logits(self, x: Tensor, features: bool = False):
         """Normalised faces (N, 3, H, W) → logits (N, num_classes) fp32 on the predictor's device, computed in
-        batches of ``batch_size``."""
+        batches of ``batch_size``; with ``features`` also the pre-logit features (N, D) fp32 — the classifier's
+        input, ``model.forward_head(model.forward_features(x), pre_logits=True)`` — from the same pass."""
         if x.dim() != 4 or tuple(x.shape[1:]) != (3, *self.input_size):
             raise ValueError(f"x: expected normalised faces (N, 3, {self.input_size[0]}, {self.input_size[1]}), "
                              f"got shape {tuple(x.shape)}")
-        outs = []
+        if features:
+            self._check_features()
+        outs, feats = [], []
         for start in range(0, x.shape[0], self.batch_size):
             chunk = x[start:start + self.batch_size].to(self.device)
             n = chunk.shape[0]
+            if features:
+                out, feat = self._run_features(chunk)
+                feats.append(feat.float())
+                outs.append(out.float())
+                continue
             if self.pad_batches and n < self.batch_size:  # fixed shape: compile once / replay one graph
                 chunk = torch.cat([chunk, chunk.new_zeros(self.batch_size - n, *chunk.shape[1:])])
             outs.append(self._run(chunk)[:n].float())
         if not outs:
-            return torch.zeros(0, len(self.label_names), device=self.device)
+            empty = torch.zeros(0, len(self.label_names), device=self.device)
+            return (empty, torch.zeros(0, 0, device=self.device)) if features else empty
         out = torch.cat(outs)
         if out.dim() != 2 or out.shape[1] != len(self.label_names):
             raise RuntimeError(f"model output: expected (N, {len(self.label_names)}) logits for labels "
                                f"{list(self.label_names)}, got shape {tuple(out.shape)}")
-        return out
+        return (out, torch.cat(feats)) if features else out
+
+    def _check_features(self) -> None:
+        if not (hasattr(self.model, "forward_features") and hasattr(self.model, "forward_head")):
+            raise TypeError(f"features=True: model {self.info.model_name!r} has no forward_features / "
+                            f"forward_head(x, pre_logits=True) (fastfer and timm models do)")
+
+    def _run_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits, pre-logit features) of one chunk, eager (the compiled / graph-captured forward returns
+        logits only)."""
+        with ops.use_backend(self.backend) if self.backend else _nullcontext():
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                tokens = self.model.forward_features(x)
+                return self.model.forward_head(tokens), self.model.forward_head(tokens, pre_logits=True)
 
     def _run(self, x: Tensor) -> Tensor:
         with ops.use_backend(self.backend) if self.backend else _nullcontext():
@@ -156,16 +201,32 @@ class Predictor:
         self._graph.replay()
         return self._static_out.clone()
 
-    def _results(self, logits: Tensor) -> list[dict]:
-        probs = logits.softmax(-1).cpu().numpy()
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """softmax(logits / temperature) (N, num_classes)."""
+        return (logits / self.temperature).softmax(-1)
+
+    def label_of(self, probs) -> str:
+        """The top class name, or ``uncertain`` when its probability is below ``min_confidence``."""
+        top = int(np.argmax(probs))
+        if self.min_confidence is not None and float(probs[top]) < self.min_confidence:
+            return UNCERTAIN
+        return self.label_names[top]
+
+    def _results(self, logits: Tensor, features: Optional[Tensor] = None) -> list[dict]:
+        probs = self.probabilities(logits).cpu().numpy()
         logits = logits.cpu().numpy()
         names = self.label_names
-        return [{"label": names[int(p.argmax())], "probs": {n: float(v) for n, v in zip(names, p)},
-                 "logits": [float(v) for v in lg]} for p, lg in zip(probs, logits)]
+        out = [{"label": self.label_of(p), "confidence": float(p.max()),
+                "probs": {n: float(v) for n, v in zip(names, p)}, "logits": [float(v) for v in lg]}
+               for p, lg in zip(probs, logits)]
+        if features is not None:
+            for r, f in zip(out, features.cpu().numpy()):
+                r["features"] = f
+        return out
 
     # --- faces without detection ------------------------------------------------------------------------------
 
-    def predict_faces(self, crops, normalized: bool = False) -> list[dict]:
+    def predict_faces(self, crops, normalized: bool = False, features: bool = False) -> list[dict]:
         """Classify face crops (no detection, no alignment; crops are resized to the model's input size).
 
         Args:
@@ -174,8 +235,9 @@ class Predictor:
                 or paths).
             normalized: the tensor already is normalised model input at the input size (skips /255, resize and
                 mean/std).
+            features: also return each crop's pre-logit features, ``features`` (D,) float32 numpy.
 
-        Returns one dict per crop: ``label``, ``probs`` {name: p}, ``logits`` [...].
+        Returns one dict per crop: ``label``, ``confidence``, ``probs`` {name: p}, ``logits`` [...].
         """
         if isinstance(crops, Tensor):
             if crops.dim() == 3:
@@ -183,14 +245,20 @@ class Predictor:
             if crops.dim() != 4 or crops.shape[1] != 3:
                 raise TypeError(f"crops: expected a (B, 3, H, W) tensor, got shape {tuple(crops.shape)}")
             if normalized:
-                return self._results(self.logits(crops))
+                return self._classify_input(crops, features)
             if not (crops.dtype == torch.uint8 or crops.is_floating_point()):
                 raise TypeError(f"crops: expected a uint8 or float tensor, got {crops.dtype}")
-            return self._results(self.logits(self._resize_normalize(crops)))
+            return self._classify_input(self._resize_normalize(crops), features)
         if isinstance(crops, (str, os.PathLike, np.ndarray)) or not isinstance(crops, Sequence):
             raise TypeError(f"crops: expected a (B, 3, H, W) tensor or a list of images, got {type(crops).__name__}")
-        arrays = [face_lib.resize_face(self._load(c, f"crops[{i}]"), self.input_size) for i, c in enumerate(crops)]
-        return self._results(self.logits(self._to_input(arrays)))
+        arrays = [face_lib.resize_face(decode.load_image(c, f"crops[{i}]"), self.input_size)
+                  for i, c in enumerate(crops)]
+        return self._classify_input(self._to_input(arrays), features)
+
+    def _classify_input(self, x: Tensor, features: bool) -> list[dict]:
+        if features:
+            return self._results(*self.logits(x, features=True))
+        return self._results(self.logits(x))
 
     def _resize_normalize(self, crops: Tensor) -> Tensor:
         out = []
@@ -246,12 +314,6 @@ class Predictor:
 
     # --- images with detection --------------------------------------------------------------------------------
 
-    @staticmethod
-    def _load(image, name: str) -> np.ndarray:
-        if isinstance(image, (str, os.PathLike)):
-            return face_lib.read_image(image)
-        return face_lib.as_rgb_uint8(image, name)
-
     def detect(self, image: np.ndarray, boxes=None, landmarks=None, where: str = "image") -> list[face_lib.Face]:
         """Faces of one RGB uint8 image after the policies: the given boxes / landmarks, else the detector's.
         With no detector and nothing given, the whole image is one face (``alignment`` = ``full``)."""
@@ -276,47 +338,76 @@ class Predictor:
             return face_lib.resize_face(image, self.input_size), "full"
         return face_lib.align_face(image, face, self.input_size)
 
-    def iter_predict(self, images: Iterable, boxes: Optional[Sequence] = None, landmarks: Optional[Sequence] = None,
-                     names: Optional[Sequence[str]] = None, crops: bool = False) -> Iterator[list[dict]]:
-        """Like :meth:`predict` but lazy: reads, detects and classifies ``batch_size`` images at a time and yields
-        each image's face list in order (for long folders and videos)."""
+    @staticmethod
+    def _items(images):
+        """The inputs as a sequence (or iterator) of single images."""
         if isinstance(images, Tensor):
             if images.dim() == 3:
-                images = images[None]
+                return [images]
             if images.dim() != 4:
                 raise TypeError(f"images: expected a (B, 3, H, W) tensor, got shape {tuple(images.shape)}")
-            images = list(images)
-        elif isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "convert"):
-            images = [images]
+            return list(images)
+        if isinstance(images, (str, os.PathLike, np.ndarray)) or decode._is_pil(images):
+            return [images]
+        return images
+
+    def iter_predict(self, images: Iterable, boxes: Optional[Sequence] = None, landmarks: Optional[Sequence] = None,
+                     names: Optional[Sequence[str]] = None, crops: bool = False, features: bool = False,
+                     on_error: str = "skip", value_range=None) -> Iterator[Faces]:
+        """Like :meth:`predict` but lazy: reads, detects and classifies ``batch_size`` images at a time and yields
+        each image's :class:`Faces` in order (for long folders and videos). With ``on_error="raise"`` the results
+        of the items before a bad one are yielded before its error is raised."""
+        check_on_error(on_error)
+        value_range = decode.check_value_range(value_range)
+        if features:
+            self._check_features()
+        images = self._items(images)
         for name, given in (("boxes", boxes), ("landmarks", landmarks)):
             if given is not None and (not hasattr(images, "__len__") or len(given) != len(images)):
                 raise ValueError(f"{name}: expected one entry per image ({getattr(images, '__len__', lambda: '?')()}),"
                                  f" got {len(given)}")
-        group: list[tuple[np.ndarray, list]] = []
+        group: list = []  # (name, array, faces) per decoded image, or a Faces error entry
+        decoded = 0
         for i, image in enumerate(images):
-            arr = self._load(image, f"images[{i}]")
-            where = names[i] if names is not None else os.fspath(image) if isinstance(image, (str, os.PathLike)) \
-                else f"images[{i}]"
+            where = decode.describe(image, i, names)
+            try:
+                arr = decode.load_image(image, where, value_range)
+            except ITEM_ERRORS as exc:
+                if on_error == "raise":
+                    yield from self._classify(group, crops, features)
+                    exc.index = i
+                    raise
+                group.append(failed(where, exc))
+                continue
             faces = self.detect(arr, None if boxes is None else boxes[i], None if landmarks is None else landmarks[i],
                                 where)
-            group.append((arr, faces))
-            if len(group) == self.batch_size:
-                yield from self._classify(group, crops)
-                group = []
+            group.append((where, arr, faces))
+            decoded += 1
+            if decoded == self.batch_size:
+                yield from self._classify(group, crops, features)
+                group, decoded = [], 0
         if group:
-            yield from self._classify(group, crops)
+            yield from self._classify(group, crops, features)
 
-    def _classify(self, group: list[tuple[np.ndarray, list]], keep_crops: bool) -> Iterator[list[dict]]:
+    def _classify(self, group: list, keep_crops: bool, features: bool = False) -> Iterator[Faces]:
+        """Classify the faces of a group of decoded images in one pass; yield each item's Faces in order."""
         crops, kinds = [], []
-        for arr, faces in group:
+        for entry in group:
+            if isinstance(entry, Faces):
+                continue
+            _where, arr, faces = entry
             for f in faces:
                 crop, kind = self._crop(arr, f)
                 crops.append(crop)
                 kinds.append(kind)
-        results = iter(self._results(self.logits(self._to_input(crops))))
+        results = iter(self._classify_input(self._to_input(crops), features) if crops else [])
         kinds, crop_iter = iter(kinds), iter(crops)
-        for _arr, faces in group:
-            out = []
+        for entry in group:
+            if isinstance(entry, Faces):
+                yield entry
+                continue
+            where, _arr, faces = entry
+            out = Faces(name=where)
             for f in faces:
                 r = next(results)
                 out.append({
@@ -332,21 +423,62 @@ class Predictor:
             yield out
 
     def predict(self, images, boxes: Optional[Sequence] = None, landmarks: Optional[Sequence] = None,
-                names: Optional[Sequence[str]] = None, crops: bool = False) -> list[list[dict]]:
+                names: Optional[Sequence[str]] = None, crops: bool = False, features: bool = False,
+                on_error: str = "skip", value_range=None) -> list[Faces]:
         """Detect, align and classify every face of every image.
 
         Args:
-            images: one image or a sequence (paths, numpy RGB arrays, PIL images, (3, H, W) tensors), or a
-                (B, 3, H, W) tensor. Unreadable paths raise FileNotFoundError / ValueError naming the path.
+            images: one image or a sequence (paths, numpy arrays, PIL images, (3, H, W) tensors), or a
+                (B, 3, H, W) tensor — see :mod:`fastfer.data.decode` for what each may hold.
             boxes: optional, per image, (F, 4) boxes x1, y1, x2, y2 (skips detection for that image; None entries
                 detect).
             landmarks: optional, per image, (F, 5, 2) or (F, 2, 2) landmarks (aligned exactly; with boxes, one
                 set per box).
-            names: optional per-image names used in error messages (default: the path, else ``images[i]``).
+            names: optional per-image names used in results and errors (default: the path, else ``images[i]``).
             crops: also return each face's aligned crop, ``crop`` (H, W, 3) uint8 RGB at the model's input size.
+            features: also return each face's pre-logit features (its embedding), ``features`` (D,) float32 numpy
+                — ``model.forward_head(..., pre_logits=True)``, from the same forward pass as the logits.
+            on_error: an item that cannot be decoded — ``skip`` (default): an error entry for it (see
+                :mod:`fastfer.infer.results`) and a warning; ``raise``: raise its error, with the results of
+                the items before it as ``exc.results``.
+            value_range: (lo, hi) the values of non-uint8 arrays / tensors span (default: float 0..1, uint16
+                0..65535); a float image outside [0, 1] without it is an error, not silently clipped.
 
-        Returns, per image, a list of faces (empty when none was found and ``no_face="skip"``), each
-        ``{"box", "landmarks", "score", "alignment", "label", "probs", "logits"}``; ``alignment`` is ``5-point``,
-        ``2-point``, ``box`` (eyes estimated from the box) or ``full`` (whole image resized).
+        Returns, per image, a :class:`fastfer.infer.results.Faces` list (empty when no face was found and
+        ``no_face="skip"``, or with ``.error`` set when the item could not be read), each face
+        ``{"box", "landmarks", "score", "alignment", "label", "confidence", "probs", "logits"}``; ``alignment`` is
+        ``5-point``, ``2-point``, ``box`` (eyes estimated from the box) or ``full`` (whole image resized).
         """
-        return list(self.iter_predict(images, boxes, landmarks, names, crops))
+        out: list[Faces] = []
+        try:
+            for faces in self.iter_predict(images, boxes, landmarks, names, crops, features, on_error, value_range):
+                out.append(faces)
+        except ITEM_ERRORS as exc:
+            if hasattr(exc, "index"):
+                exc.results = out
+            raise
+        return out
+
+    def stream(self, source, **options):
+        """Expressions of the faces in a live or recorded stream, tracked — see :class:`fastfer.infer.stream.Stream`
+        (``source``: a camera index, an ``rtsp://`` / ``http(s)://`` URL, a video file, or an iterable of RGB
+        frames)."""
+        from fastfer.infer.stream import Stream
+
+        return Stream(self, source, **options)
+
+
+def _check_temperature(value) -> float:
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"temperature: expected a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _check_confidence(value) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"min_confidence: expected None or a probability in [0, 1], got {value!r}")
+    return float(value)

@@ -20,6 +20,13 @@ MICRO = dict(ir_widths=(8, 8), embed_dim=32, depth=2, num_heads=2, keep_rates=(1
 VIDEO_FRAMES = 6
 
 
+def _auto_alignment() -> str:
+    """What ``--detector auto`` aligns with here: MTCNN's 5 landmarks, or the Haar eye cascade's 2."""
+    from fastfer.data.detection import make_detector
+
+    return "5-point" if make_detector("auto").name == "mtcnn" else "2-point"
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
@@ -57,7 +64,7 @@ def test_folder_with_video_to_jsonl_with_annotations(setup, capsys):
     out, ann = setup / "out.jsonl", setup / "annotated"
     rc = _run([str(setup / "photos"), str(setup / "missing.jpg"), "--checkpoint", str(setup / "run"),
                "--out", str(out), "--annotate", str(ann), "--every", "2", "--smooth", "--batch-size", "4",
-               "--backend", "torch"])
+               "--backend", "torch", "--min-hits", "1"])
     assert rc == 1  # missing.jpg, broken.png and broken.mp4 could not be read
     err = capsys.readouterr().err
     assert "2 images, 3 video frames, 4 faces, 1 without a face, 3 unreadable" in err
@@ -67,11 +74,11 @@ def test_folder_with_video_to_jsonl_with_annotations(setup, capsys):
         by_path.setdefault(r["path"].rsplit("/", 1)[-1], []).append(r)
     assert "no such file" in by_path["missing.jpg"][0]["error"]
     assert "broken.png" in by_path["broken.png"][0]["error"]
-    assert "cannot read video" in by_path["broken.mp4"][0]["error"]
+    assert "broken.mp4: cannot open (not a video OpenCV can decode)" in by_path["broken.mp4"][0]["error"]
     assert by_path["blank.jpg"][0] == {"path": str(setup / "photos" / "sub" / "blank.jpg"), "faces": [],
                                        "error": "no face found"}
     (photo,) = by_path["astronaut.png"]
-    assert len(photo["faces"]) == 1 and photo["faces"][0]["alignment"] == "2-point"
+    assert len(photo["faces"]) == 1 and photo["faces"][0]["alignment"] == _auto_alignment()
     frames = by_path["clip.avi"]
     assert [r["frame"] for r in frames] == [0, 2, 4] and [r["time"] for r in frames] == [0.0, 0.2, 0.4]
     faces = [r["faces"][0] for r in frames]
@@ -95,7 +102,7 @@ def test_csv_rows(setup):
                  "--backend", "torch"]) == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 2
-    assert f"p_{rows[0]['label']}" in rows[0] and rows[0]["alignment"] == "2-point"
+    assert f"p_{rows[0]['label']}" in rows[0] and rows[0]["alignment"] == _auto_alignment()
     probs = [float(rows[0][f"p_{n}"]) for n in ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger")]
     assert abs(sum(probs) - 1) < 1e-4 and float(rows[0][f"p_{rows[0]['label']}"]) == max(probs)
     assert rows[1]["error"] == "no face found" and rows[1]["label"] == ""
@@ -155,3 +162,64 @@ def test_tracker_smooths_per_track():
     assert second[0]["raw_label"] == "a"
     third = tracker.update([{"box": [200, 0, 210, 10], "label": "b", "probs": {"a": 0.2, "b": 0.8}}])
     assert third[0]["track"] == 2 and third[0]["probs"] == {"a": 0.2, "b": 0.8}  # a new face starts fresh
+
+
+def test_camera_that_cannot_be_opened_is_reported(setup, capsys):
+    rc = _run(["--camera", "97", "--checkpoint", str(setup / "run"), "--backend", "torch"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    record = json.loads(captured.out.splitlines()[-1])
+    assert record == {"path": "camera 97", "faces": [], "error": "camera 97: cannot open (no such camera, or it is "
+                                                                "in use)"}
+    assert "1 unreadable" in captured.err
+
+
+def test_unreachable_stream_url_is_reported(setup, capsys):
+    rc = _run(["rtsp://127.0.0.1:9/none", "--checkpoint", str(setup / "run"), "--backend", "torch"])
+    assert rc == 1
+    record = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert record["path"] == "rtsp://127.0.0.1:9/none" and "cannot open (the stream is unreachable" in record["error"]
+
+
+def test_video_tracks_summary_and_min_confidence(setup, capsys):
+    tracks, out = setup / "tracks.json", setup / "video.jsonl"
+    assert _run([str(setup / "photos" / "clip.avi"), "--checkpoint", str(setup / "run"), "--backend", "torch",
+                 "--tracks", str(tracks), "--out", str(out), "--min-confidence", "0.99", "--max-frames", "4"]) == 0
+    summary = json.loads(tracks.read_text())
+    (clip,) = summary.values()
+    assert clip["frames_read"] == 4 and clip["frames_processed"] == 4 and clip["dropped"] == 0
+    (track,) = clip["tracks"].values()
+    assert track["frames"] == 3  # min_hits 2: reported from the second frame on
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [len(r["faces"]) for r in records] == [0, 1, 1, 1]
+    assert all(f["label"] == "uncertain" for r in records for f in r["faces"])  # a random model is never sure
+    assert "1 tracks: #0 uncertain" in capsys.readouterr().err
+
+
+def test_no_input_is_a_usage_error():
+    with pytest.raises(SystemExit, match="give PATH… .* or --camera N"):
+        _run(["--model", "apvit_tiny"])
+
+
+def test_own_label_folder_set_end_to_end(tmp_path, capsys):
+    """A 3-class folder set with names of one's own: train one step, then predict and eval use the checkpoint's
+    names (the folder names; ``--labels`` in ``fastfer train`` makes the order explicit)."""
+    from fastfer.cli import main
+
+    face = cv2.cvtColor(skimage_data.astronaut()[:256, 64:320], cv2.COLOR_RGB2BGR)
+    for split in ("train", "test"):
+        for i, name in enumerate(["engaged", "bored", "confused"]):
+            (tmp_path / "set" / split / name).mkdir(parents=True)
+            for k in range(3):
+                cv2.imwrite(str(tmp_path / "set" / split / name / f"{k}.png"), np.roll(face, 30 * i + 5 * k, axis=0))
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"folder:{tmp_path / 'set'}", "--model", "apvit_tiny", "--epochs", "1",
+                 "--max-steps-per-epoch", "1", "--batch-size", "4", "--threads", "1", "--out", str(run),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert _run([str(tmp_path / "set" / "test" / "bored" / "0.png"), "--checkpoint", str(run), "--detector", "none",
+                 "--backend", "torch"]) == 0
+    record = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert list(record["faces"][0]["probs"]) == ["bored", "confused", "engaged"]
+    report = json.loads((run / "test_report.json").read_text())
+    assert "bored" in json.dumps(report) and "engaged" in json.dumps(report)

@@ -256,7 +256,7 @@ def test_as_rgb_uint8_accepts_the_usual_image_types():
     ([[1, 2], [3, 4]], "expected a path, numpy array"),
     (np.zeros((4, 4, 3), np.int32), "dtype uint8"),
     (np.zeros((4, 4, 2), np.uint8), "shape"),
-    (torch.zeros(4, 4), r"\(3, H, W\)"),
+    (torch.zeros(2, 4, 4), r"\(3, H, W\)"),
 ])
 def test_as_rgb_uint8_errors(bad, match):
     with pytest.raises(TypeError, match=match):

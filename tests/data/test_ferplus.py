@@ -49,6 +49,7 @@ def make_folders(tmp_path, twelve: bool):
     return tmp_path
 
 
+@pytest.mark.filterwarnings("ignore:FERPlus train.*12 columns:RuntimeWarning")  # tested below
 @pytest.mark.parametrize("twelve", [False, True], ids=["11-column", "12-column"])
 def test_label_csv_variants(tmp_path, twelve):
     root = make_folders(tmp_path, twelve)
@@ -191,3 +192,36 @@ def test_soft_label_reader_returns_canonical_distributions(tmp_path):
     assert FERPlus(tmp_path, "train")[0][1] == 1  # majority: an int label
     with pytest.raises(ValueError, match="label_mode: expected one of"):
         FERPlus(tmp_path, "train", label_mode="votes")
+
+
+def test_layouts_that_disagree_are_counted_not_silent(tmp_path):
+    """Folders (7 train images) and fer2013new.csv (3 train faces) side by side: fer0000000 and fer0000004 agree,
+    fer0000003 is NF in the folders and a tie in the csv (votes and majority label differ), four images exist
+    only in the folders."""
+    make_folders(tmp_path, twelve=True)
+    make_csv_pair(tmp_path)
+    expected = {"compared": True, "label_columns": 12, "only_in_folders": 4, "only_in_csv": 0, "votes_differ": 1,
+                "labels_differ": 1}
+    for layout in ("folders", "csv"):
+        with pytest.warns(RuntimeWarning, match=r"disagree — 1 images with different votes \(1 majority labels\), "
+                                                r"4 only in the folders, 0 only in the csv"):
+            ds = FERPlus(tmp_path, "train", layout=layout)
+        report = ds.summary()["vote_sources"]
+        assert {k: report[k] for k in expected} == expected, layout
+
+
+def test_agreeing_layouts_and_a_lone_twelve_column_file(tmp_path):
+    import warnings
+
+    make_folders(tmp_path, twelve=False)
+    rows = ["Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
+    rows += [f"Training,fer{i:07d}.png," + ",".join(str(c) for c in VOTES[n][0]) for i, n in enumerate(ROWS)]
+    write_text(tmp_path / "fer2013new.csv", "\n".join(rows) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = FERPlus(tmp_path, "train", layout="folders")
+    assert ds.summary()["vote_sources"]["votes_differ"] == 0 and ds.summary()["vote_sources"]["only_in_csv"] == 0
+    lone = tmp_path / "lone"
+    make_folders(lone, twelve=True)
+    with pytest.warns(RuntimeWarning, match="12 columns .* an earlier vote release than fer2013new.csv"):
+        assert FERPlus(lone, "train").summary()["vote_sources"] == {"compared": False, "label_columns": 12}

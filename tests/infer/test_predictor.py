@@ -66,7 +66,8 @@ def test_predict_finds_and_classifies_the_astronaut(predictor, astronaut):
     face = faces[0]
     x1, y1, x2, y2 = face["box"]
     assert 140 < (x1 + x2) / 2 < 180 and 95 < (y1 + y2) / 2 < 135
-    assert face["alignment"] == "2-point" and len(face["landmarks"]) == 2
+    points = 5 if predictor.detector_name == "mtcnn" else 2  # detector="auto": MTCNN when facenet-pytorch imports
+    assert face["alignment"] == f"{points}-point" and len(face["landmarks"]) == points
     assert list(face["probs"]) == list(predictor.label_names)
     assert abs(sum(face["probs"].values()) - 1) < 1e-5
     assert face["label"] == max(face["probs"], key=face["probs"].get)
@@ -278,17 +279,114 @@ def test_missing_checkpoint(tmp_path):
 # --- bad inputs -------------------------------------------------------------------------------------------------
 
 
-def test_bad_images(predictor, tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.jpg"):
-        predictor.predict(str(tmp_path / "missing.jpg"))
+def test_bad_images_are_reported_per_item_and_the_rest_is_classified(predictor, astronaut, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(OSError, match="broken.jpg"):
-        predictor.predict([broken])
-    with pytest.raises(TypeError, match=r"images\[1\]: expected a path, numpy array"):
-        predictor.predict([np.zeros((8, 8, 3), np.uint8), 3.5])
-    with pytest.raises(TypeError, match="dtype uint8"):
-        predictor.predict(np.zeros((8, 8, 3), np.int64))
+    items = [astronaut, str(tmp_path / "missing.jpg"), broken, 3.5, np.full((8, 8, 3), 200.0), astronaut[:, ::-1]]
+    with pytest.warns(RuntimeWarning, match="skipped an unreadable input"):
+        results = predictor.predict(items)
+    assert [len(r) for r in results] == [1, 0, 0, 0, 0, 1]
+    assert [r.error is None for r in results] == [True, False, False, False, False, True]
+    assert "missing.jpg: expected an image file, found nothing" in results[1].error
+    assert "broken.jpg: cannot decode it" in results[2].error
+    assert results[3].error == ("images[3]: expected a path, numpy array, PIL image or torch tensor, got float")
+    assert "images[4]: expected float64 values in [0, 1], got min 200, max 200" in results[4].error
+    assert results[0].name == "images[0]" and results[1].name.endswith("missing.jpg")
+    _assert_same(results[0], predictor.predict(astronaut)[0])  # the good ones are unaffected
+    _assert_same(results[5], predictor.predict(astronaut[:, ::-1].copy())[0])
+
+
+def test_on_error_raise_keeps_what_was_computed(predictor, astronaut, tmp_path):
+    items = [astronaut, astronaut, tmp_path / "missing.jpg", astronaut]
+    with pytest.raises(FileNotFoundError, match="missing.jpg") as e:
+        predictor.predict(items, on_error="raise")
+    assert e.value.index == 2 and len(e.value.results) == 2 and all(len(r) == 1 for r in e.value.results)
+    with pytest.raises(TypeError, match=r"images\[0\]: expected dtype uint8"):
+        predictor.predict(np.zeros((8, 8, 3), np.int64), on_error="raise")
+    with pytest.raises(ValueError, match="on_error"):
+        predictor.predict([astronaut], on_error="ignore")
+
+
+def test_value_range_for_0_255_floats(predictor, astronaut):
+    as_float = astronaut.astype(np.float32)
+    with pytest.warns(RuntimeWarning, match=r"images\[0\]"):
+        (err,) = predictor.predict(as_float)
+    assert err.error and "value_range=(0, 255)" in err.error
+    _assert_same(predictor.predict(as_float, value_range=(0, 255))[0], predictor.predict(astronaut)[0])
+
+
+def test_decoded_inputs_agree(predictor, astronaut, tmp_path):
+    """A 16-bit PIL image, an EXIF-rotated file opened with PIL, and the same file as a path give one face each
+    (the 16-bit image used to turn white; the PIL image used to stay sideways)."""
+    from PIL import Image
+
+    sixteen = Image.fromarray(astronaut[..., 1].astype(np.uint16) * 257)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored rotated: "rotate 90° counter-clockwise to display" → stored image is clockwise
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(np.rot90(astronaut, k=-1).copy()).save(path, exif=exif.tobytes(), quality=95)
+    with Image.open(path) as opened:
+        results = predictor.predict([sixteen, opened, path])
+    assert [len(r) for r in results] == [1, 1, 1], [r.error for r in results]
+    assert results[1][0]["box"] == pytest.approx(results[2][0]["box"], abs=2)
+
+
+def test_features_are_the_pre_logits(predictor, model, astronaut):
+    (faces,) = predictor.predict(astronaut, features=True, crops=True)
+    feature = faces[0]["features"]
+    assert feature.shape == (model.num_features,) and feature.dtype == np.float32
+    x = predictor.normalize(torch.from_numpy(faces[0]["crop"]).permute(2, 0, 1)[None])
+    with torch.no_grad():
+        expected = model.forward_head(model.forward_features(x), pre_logits=True)[0]
+        logits = model.get_classifier()(expected)
+    np.testing.assert_allclose(feature, expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(faces[0]["logits"], logits.numpy(), atol=1e-5)
+    crops = torch.randint(0, 256, (3, 3, 112, 112), dtype=torch.uint8)
+    with_features = predictor.predict_faces(crops, features=True)
+    assert np.stack([r["features"] for r in with_features]).shape == (3, model.num_features)
+    _assert_same(with_features, predictor.predict_faces(crops))
+    assert "features" not in predictor.predict(astronaut)[0][0]
+
+
+def test_temperature_from_the_checkpoint_and_min_confidence(model, tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_weights(path, model.state_dict(), {**_checkpoint_meta(model), "calibration": {"temperature": 2.5}})
+    crops = torch.randint(0, 256, (4, 3, 112, 112), dtype=torch.uint8)
+    calibrated = Predictor(path, device="cpu", backend="torch", detector="none")
+    assert calibrated.info.temperature == 2.5 and calibrated.temperature == 2.5
+    plain = Predictor(model, device="cpu", backend="torch", detector="none")
+    for c, p in zip(calibrated.predict_faces(crops), plain.predict_faces(crops)):
+        np.testing.assert_allclose(c["logits"], p["logits"], atol=1e-5)  # logits stay raw
+        expected = torch.tensor(p["logits"]).div(2.5).softmax(0).numpy()
+        np.testing.assert_allclose(list(c["probs"].values()), expected, rtol=1e-5, atol=1e-7)
+        assert c["confidence"] < p["confidence"]  # T > 1 softens
+    override = Predictor(path, device="cpu", backend="torch", detector="none", temperature=1.0)
+    _assert_same(override.predict_faces(crops), plain.predict_faces(crops))
+    picky = Predictor(model, device="cpu", backend="torch", detector="none", min_confidence=0.999)
+    results = picky.predict_faces(crops)
+    assert all(r["label"] == "uncertain" for r in results if r["confidence"] < 0.999)
+    assert all(list(r["probs"]) == list(picky.label_names) for r in results)  # every class still there
+    save_weights(tmp_path / "bad.safetensors", model.state_dict(),
+                 {**_checkpoint_meta(model), "calibration": {"temperature": -1}})
+    with pytest.raises(ValueError, match="calibration.temperature: expected a positive finite number, got -1"):
+        Predictor(tmp_path / "bad.safetensors", device="cpu")
+
+
+def test_own_label_checkpoint_predicts_its_names(tmp_path):
+    """A 3-class model (e.g. fine-tuned on folders engaged / bored / confused): the names come from the
+    checkpoint metadata."""
+    names = ["bored", "confused", "engaged"]
+    model = tiny_model(num_classes=3, label_names=names)
+    path = tmp_path / "own.safetensors"
+    meta = {**_checkpoint_meta(model), "num_classes": 3, "label_names": names}
+    save_weights(path, model.state_dict(), meta)
+    p = Predictor(path, device="cpu", backend="torch", detector="none")
+    assert p.label_names == tuple(names)
+    (r,) = p.predict_faces(torch.randint(0, 256, (1, 3, 112, 112), dtype=torch.uint8))
+    assert list(r["probs"]) == names and r["label"] in names
+
+
+def test_bad_crops(predictor):
     with pytest.raises(TypeError, match="crops: expected a"):
         predictor.predict_faces("face.jpg")
     with pytest.raises(TypeError, match=r"crops: expected a \(B, 3, H, W\)"):
@@ -304,6 +402,8 @@ def test_bad_images(predictor, tmp_path):
     (dict(no_face="ignore"), "no_face"),
     (dict(multi_face="first"), "multi_face"),
     (dict(detector="yolo"), "detector"),
+    (dict(temperature=0), "temperature"),
+    (dict(min_confidence=1.5), "min_confidence"),
 ])
 def test_bad_arguments(model, kwargs, match):
     with pytest.raises(ValueError, match=match):
