@@ -17,7 +17,7 @@ TRAIN_FLAGS = {  # flag dest → config key
     "backend": "backend", "workers": "workers", "threads": "threads", "seed": "seed", "device": "device",
     "accum_steps": "accum_steps", "grad_clip": "grad_clip", "ema": "ema", "save_every_steps": "save_every_steps",
     "text_encoder": "text_encoder", "val_source": "val_source", "optimizer": "optimizer",
-    "max_steps_per_epoch": "max_steps_per_epoch", "init_weights": "init_weights",
+    "max_steps_per_epoch": "max_steps_per_epoch", "init_weights": "init_weights", "labels": "labels",
 }
 
 
@@ -51,6 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--init", dest="init_weights", action="append", metavar="FILE",
                    help="start from these (partial) fastfer safetensors, e.g. the converted IR-50 and ViT-S parts "
                         "(fastfer convert --from ir50-evolve / vit-small-v01); repeatable")
+    p.add_argument("--labels", type=lambda text: [n.strip() for n in text.split(",")], metavar="A,B,C",
+                   help="own class names for a folder dataset, in logit order (default: the folder names)")
     p.add_argument("--text-encoder", help="FER-former: text-feature tensor file or open_clip:PATH (local)")
     p.add_argument("--val-source", choices=("auto", "test"), help="test = the papers' protocol (labelled)")
     p.add_argument("--tensorboard", action="store_true", default=None)

@@ -236,12 +236,19 @@ def _reader(name: str, path: str, split: str, kwargs: dict) -> Dataset:
 
 
 def build_splits(spec: str, data_kwargs: dict, val_fraction: float, val_source: str, image_size: int,
-                 seed: int, workers: int = 0, num_classes: Optional[int] = None) -> Splits:
-    """The untransformed train / val / test datasets of ``spec`` (see :func:`parse_data_spec`)."""
+                 seed: int, workers: int = 0, num_classes: Optional[int] = None,
+                 labels: Optional[Sequence[str]] = None) -> Splits:
+    """The untransformed train / val / test datasets of ``spec`` (see :func:`parse_data_spec`). ``labels``: an own
+    class set (folder datasets): train reads it, and val/test read the train split's names so a split that lacks
+    a class folder keeps the same class indices."""
     from fastfer.data.split import train_val_split
 
     name, path = parse_data_spec(spec)
     kwargs = dict(data_kwargs or {})
+    if labels is not None:
+        if name != "folder":
+            raise ValueError(f"labels: an own class set needs a folder dataset (--data folder:PATH), got {spec!r}")
+        kwargs["labels"] = list(labels)
     if name == "synthetic":
         from fastfer.data import SyntheticExpressions
 
@@ -274,6 +281,8 @@ def build_splits(spec: str, data_kwargs: dict, val_fraction: float, val_source: 
     train = _reader(name, path, "train", kwargs)
     if native[1] is None:
         raise FileNotFoundError(f"data {spec}: no test split found")
+    if getattr(train, "own_labels", False):
+        kwargs = {**kwargs, "labels": list(train.label_names)}
     train_kwargs, kwargs = kwargs, _eval_kwargs(name, kwargs)
     test = _reader(name, path, native[1], kwargs)
     if val_source == "test":

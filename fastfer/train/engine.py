@@ -187,7 +187,7 @@ class Trainer:
     def _build_data(self) -> None:
         cfg, d = self.cfg, self.cfg.data
         self.splits = build_splits(d.spec, d.kwargs, d.val_fraction, d.val_source, self.image_size, cfg.runtime.seed,
-                                   workers=self.workers)
+                                   workers=self.workers, labels=d.labels)
         size, mean, std = self.image_size, self.mean, self.std
         self.train_set = Augmented(self.splits.train, make_transforms(d.transform, size, mean, std, True))
         test_tf = make_transforms(d.transform, size, mean, std, False)
@@ -452,6 +452,9 @@ class Trainer:
         pred = predict_loader(model, self.test_loader, self.device, self.amp, self.channels_last,
                               outputs=self._task.eval_outputs)
         report = report_from_predictions(pred, self.label_names)
+        calibration = self._calibrate(model, pred)
+        if calibration is not None:
+            report["calibration"] = calibration
         summary = dict(test=dict(accuracy=report["accuracy"], mean_class_accuracy=report["mean_class_accuracy"],
                                  macro_f1=report["macro_f1"], n=report["n"]),
                        epochs=len(history), steps=history[-1]["step"] if history else 0,
@@ -465,6 +468,8 @@ class Trainer:
             overlay = self._task.write_overlay(self.val_set, cfg.runtime.overlay_images, self.out_dir / "app_overlay.png",
                                                self.mean, self.std, self.device)
             meta = {**self._metadata(), "epoch": len(history), "step": summary["steps"], "metrics": summary["test"]}
+            if calibration is not None:
+                meta["calibration"] = {k: v for k, v in calibration.items() if not k.startswith("test_")}
             weights = ckpt.save_weights(self.out_dir / ckpt.WEIGHTS_FILE, model.state_dict(), meta)
             summary["total_time_s"] = time.perf_counter() - t_start
             summary["test_time_s"] = time.perf_counter() - t_test
@@ -475,6 +480,29 @@ class Trainer:
                      f"metrics.json, config.json, summary.json in {self.out_dir}  "
                      f"(total {summary['total_time_s']:.0f} s)")
         return summary
+
+
+    def _calibrate(self, model: nn.Module, test_pred: dict) -> Optional[dict]:
+        """Temperature scaling fitted on the validation split (the label head's logits), with the NLL/ECE before
+        and after on validation and on the test split; None without validation images. Predictions then use
+        softmax(logits / T): the argmax, hence every accuracy, is unchanged."""
+        from fastfer.train.calibration import calibration_record, expected_calibration_error
+
+        if not self.validate:
+            if self.main:
+                log_line("note: no validation images, so no temperature calibration (probabilities as trained)")
+            return None
+        val = predict_loader(model, self.val_loader, self.device, self.amp, self.channels_last)
+        record = calibration_record(val["logits"], val["targets"].long(), split="val")
+        t = record["temperature"]
+        logits, y = test_pred["logits"].double(), test_pred["targets"].long()
+        record["test_ece_before"] = round(expected_calibration_error(logits.softmax(-1), y, record["bins"]), 6)
+        record["test_ece_after"] = round(expected_calibration_error((logits / t).softmax(-1), y, record["bins"]), 6)
+        if self.main:
+            log_line(f"calibration: temperature {t:.3f} (validation ECE {record['ece_before']:.3f} → "
+                     f"{record['ece_after']:.3f}; test ECE {record['test_ece_before']:.3f} → "
+                     f"{record['test_ece_after']:.3f})")
+        return record
 
 
 def _format_row(row: dict, epochs: int) -> str:

@@ -170,3 +170,28 @@ def test_a_folder_too_small_for_validation_trains_without_it(tmp_path, capsys):
                                                     "--batch-size", "2", "--set", "select_best=val_accuracy"]))
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "the validation split is empty" in err and "select_best monitors val_accuracy" in err
+
+
+def test_own_labels_in_the_given_order_and_calibration_in_the_checkpoint(tmp_path, capsys):
+    """--labels c,a,b on a 3-class folder set: the classifier rows follow that order in training, the test report
+    and the checkpoint; the temperature fitted on validation is stored and the report gives ECE before/after."""
+    from fastfer.models.weights import read_metadata
+    from tests.data.fixtures import write_image
+
+    root = tmp_path / "ds"
+    for split, n in (("train", 6), ("test", 2)):
+        for k, cls in enumerate(("bored", "confused", "engaged")):
+            for i in range(n):
+                write_image(root / split / cls / f"{i}.png", 40 * k + i, (32, 32))
+    run = tmp_path / "r"
+    args = tiny_args(run, 1, extra=["--data", f"folder:{root}", "--set", "data_kwargs={}", "--batch-size", "4",
+                                    "--labels", "engaged,bored,confused", "--set", "overlay_images=0"])
+    assert main(args) == 0
+    meta = read_metadata(run / "model.safetensors")
+    assert meta["label_names"] == ["engaged", "bored", "confused"] and meta["num_classes"] == 3
+    cal = meta["calibration"]
+    assert cal["method"] == "temperature" and cal["temperature"] > 0 and cal["split"] == "val"
+    report = json.loads((run / "test_report.json").read_text())
+    assert list(report["per_class"]) == ["engaged", "bored", "confused"]
+    assert {"test_ece_before", "test_ece_after", "ece_before", "ece_after"} <= set(report["calibration"])
+    assert "calibration: temperature" in capsys.readouterr().out
