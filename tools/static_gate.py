@@ -259,6 +259,16 @@ def _config_text(constexprs: dict, cfg) -> str:
     return f"{blocks} {flags} w{cfg.num_warps} s{cfg.num_stages}".replace("  ", " ").strip()
 
 
+def prewarm(part: int, parts: int) -> int:
+    """Compile every ``parts``-th launch (from ``part``) for the *real* GPU into triton's on-disk cache, so later
+    processes load instead of compiling (bench/gpu_check.py runs several of these in parallel)."""
+    count = 0
+    for launch in record_cases()[part::parts]:
+        args = tuple(_mock(a) for a in launch.args)
+        count += len(launch.tunable.tuner(launch.family).warmup(*args, grid=launch.grid, **launch.constexprs))
+    return count
+
+
 def compile_launches(launches: list[Launch], log=print) -> list[Row]:
     import torch
 
@@ -350,12 +360,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, help="write the markdown table here (also runs the nvcc check)")
     parser.add_argument("--check-table", type=Path, help="fail when this committed table misses a compiled config")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--prewarm", metavar="I/N", help="on a GPU machine: fill triton's cache with part I of N")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0"):
         print("unset TRITON_INTERPRET: the gate compiles for a GPU", file=sys.stderr)
         return 2
     log = (lambda *a, **k: None) if args.quiet else print
     start = time.perf_counter()
+    if args.prewarm:
+        part, parts = (int(v) for v in args.prewarm.split("/"))
+        print(f"prewarm {part}/{parts}: {prewarm(part, parts)} kernels in {time.perf_counter() - start:.0f} s")
+        return 0
     launches = record_cases()
     log(f"{len(launches)} launches recorded; compiling for sm_90a")
     rows = compile_launches(launches, log)

@@ -17,7 +17,6 @@ validation runs every candidate once that way).
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
@@ -86,12 +85,16 @@ class Tunable:
         self.kernel = kernel
         self.candidates = candidates
         self.key = list(key)
+        self.tuners: dict[Any, Any] = {}  # family → triton Autotuner (its ``cache`` holds the choices per key)
         TUNABLES[name] = self
 
-    @functools.lru_cache(maxsize=None)
     def tuner(self, family):
-        configs = list(self.candidates(family))
-        return triton.autotune(configs=configs, key=self.key, do_bench=_quick_bench)(self.kernel)
+        tuner = self.tuners.get(family)
+        if tuner is None:
+            configs = list(self.candidates(family))
+            tuner = self.tuners[family] = triton.autotune(configs=configs, key=self.key,
+                                                          do_bench=_quick_bench)(self.kernel)
+        return tuner
 
     def launch(self, grid: Callable[[dict], tuple], args: Sequence[Any], constexprs: dict, family) -> None:
         recorder = _RECORDER[0]
