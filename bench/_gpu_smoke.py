@@ -35,16 +35,6 @@ FLOOR = 1e-5
 
 
 @contextlib.contextmanager
-def _tf32(enabled: bool):
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
-
-
-@contextlib.contextmanager
 def _env(name: str, value: str):
     previous = os.environ.get(name)
     os.environ[name] = value
@@ -313,6 +303,7 @@ def prewarm_compile_cache(jobs: int, timeout: float, log=print) -> str:
 def run(dry_run: bool, log=print) -> dict:
     """The smoke step; returns the JSON-able result (``ok`` false when any check failed)."""
     from bench import _cases
+    from fastfer.ops.backends.triton import runtime
     from tools import static_gate
 
     device = torch.device("cpu" if dry_run else "cuda")
@@ -337,7 +328,7 @@ def run(dry_run: bool, log=print) -> dict:
         for backend in backends:
             if tag == "fp32-tf32" and backend == "cuda":
                 continue  # the CUDA kernels have no TF32 path
-            with _tf32(tag == "fp32-tf32"):
+            with runtime.tf32_matmuls(tag == "fp32-tf32"):
                 for kind, items in (("attention", att), ("patch", patch if tag != "fp32-tf32" else [])):
                     for case in items:
                         label = f"{case.name} B=1 {tag} {backend}"

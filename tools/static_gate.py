@@ -130,11 +130,9 @@ def record_cases() -> list[Launch]:
 
     meta = torch.device("meta")
     precisions = [(torch.bfloat16, False), (torch.float16, False), (torch.float32, False), (torch.float32, True)]
-    previous_tf32 = torch.backends.cuda.matmul.allow_tf32
-    try:
-        with runtime.record_launches(recorder):
-            for dtype, tf32 in precisions:
-                torch.backends.cuda.matmul.allow_tf32 = tf32
+    with runtime.record_launches(recorder):
+        for dtype, tf32 in precisions:
+            with runtime.tf32_matmuls(tf32):
                 tag = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32-tf32" if tf32 else "fp32")
                 for B in BATCHES:
                     for c in attention_cases():
@@ -159,8 +157,6 @@ def record_cases() -> list[Launch]:
                         grad = torch.empty(B, p.k, p.C, dtype=dtype, device=meta)
                         index = torch.empty(B, p.k, dtype=torch.int64, device=meta)
                         api.patch_pool_backward(grad, index, tuple(x.shape), p.channels_last, dtype)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous_tf32
     return launches
 
 
@@ -244,9 +240,13 @@ def _spec(compiled) -> str:
     div16 = {names[path[0]] for path, attrs in src.attrs.items() for a in attrs if a[0] == "tt.divisibility"}
     const = [n for n in names if src.signature[n] == "constexpr" and n[:1].islower()]
     wide = [n for n in ints if src.signature[n] == "i64"]
-    parts = [f"÷16: {','.join(n for n in ints if n in div16) or '–'}"]
+    plain = [n for n in ints if n in div16 and not n.startswith("stride_")]
+    strides = [n.removeprefix("stride_") for n in ints if n in div16 and n.startswith("stride_")]
+    if strides:
+        plain.append(f"stride_{{{','.join(strides)}}}")
+    parts = [f"÷16: {', '.join(plain) or '–'}"]
     if const:
-        parts.append(f"=1: {','.join(const)}")
+        parts.append(f"=1: {', '.join(const)}")
     if wide:
         parts.append(f"i64: {','.join(wide)}")
     return "; ".join(parts)
@@ -314,7 +314,7 @@ def _cases_text(cases: list[str]) -> str:
     return f"{', '.join(names)} (B={','.join(batches)}; {', '.join(tags)})"
 
 
-def render(rows: list[Row], cuda_rows: list[dict] | None, seconds: float) -> str:
+def render(rows: list[Row], cuda_rows: list[dict] | None) -> str:
     import torch
     import triton
 
@@ -327,8 +327,8 @@ def render(rows: list[Row], cuda_rows: list[dict] | None, seconds: float) -> str
         "EViT-DeiT-S; B = 1 and 128; bf16, fp16, fp32 (3×TF32 and TF32). One row per distinct compile (shapes",
         "that specialise alike share it). Spills = STL/LDL instructions in the SASS and the stack frame; smem =",
         "dynamic + static shared bytes per block (limit 232,448); occupancy = resident warps ÷ 64 per SM.",
-        f"{len(rows)} Triton compiles in {seconds:.0f} s. The gate (`tests/ops/test_static_gate.py`) fails on any",
-        "spill or on shared memory over the limit.",
+        f"{len(rows)} distinct Triton compiles. The gate (`tests/ops/test_static_gate.py`) fails on any spill or on",
+        "shared memory over the limit.",
         "",
         "| kernel | dtype, config | int specialisation | regs | spills (STL/LDL, stack) | smem B | warps | occupancy | cases |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         cuda_rows = check_cuda_compile.resource_rows()
         failed += [(r, f"nvcc: {r['spill_stores']} B spill stores / {r['spill_loads']} B loads")
                    for r in cuda_rows or [] if r["spill_stores"] or r["spill_loads"]]
-        args.write.write_text(render(rows, cuda_rows, seconds))
+        args.write.write_text(render(rows, cuda_rows))
         log(f"wrote {args.write}")
     if args.check_table is not None:
         missing = {r.key for r in rows} - table_keys(args.check_table.read_text())

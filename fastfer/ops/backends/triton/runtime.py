@@ -63,13 +63,45 @@ def dtype_family(dtype: torch.dtype) -> str:
 
 
 def fp32_dot_precision() -> str:
-    """``tf32`` when PyTorch allows TF32 matmuls (``torch.backends.cuda.matmul.allow_tf32``), else ``ieee``."""
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    """``tf32`` when PyTorch allows TF32 matmuls, else ``ieee``.
+
+    Reads ``torch.backends.cuda.matmul.fp32_precision`` (torch ≥ 2.9; ``allow_tf32 = True`` and
+    ``set_float32_matmul_precision("high")`` set it too, and reading ``allow_tf32`` raises there once the new
+    API was used), else the legacy ``allow_tf32``.
+    """
+    matmul = torch.backends.cuda.matmul
+    setting = getattr(matmul, "fp32_precision", None)
+    if setting is None:
+        return "tf32" if matmul.allow_tf32 else "ieee"
+    if setting == "none":  # inherits the global default
+        setting = getattr(torch.backends, "fp32_precision", "none")
+    return "tf32" if setting == "tf32" else "ieee"
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool) -> Iterator[None]:
+    """Allow (or forbid) TF32 matmuls inside the block through the API this torch has (tests, gate, GPU check)."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        previous = matmul.fp32_precision
+        matmul.fp32_precision = "tf32" if enabled else "ieee"
+    else:
+        previous = matmul.allow_tf32
+        matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        if hasattr(matmul, "fp32_precision"):
+            matmul.fp32_precision = previous
+        else:
+            matmul.allow_tf32 = previous
 
 
 def _quick_bench(kernel_call, quantiles):
     # Autotuning runs once per key; short budgets keep the first call of a new shape under ~0.1 s per config.
-    return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
+    from triton.testing import do_bench
+
+    return do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
 
 
 class Tunable:
