@@ -1,5 +1,8 @@
-"""Triton launch grids: every kernel runs on a 1-D grid (CUDA caps grid axes 1 and 2 at 65,535 programs), and
-the index arithmetic that maps a program id back to (image, head, block) stays right when B·H > 65,535.
+"""The Triton backend's launch machinery: 1-D grids whose index arithmetic holds past 65,535 heads, the head-dim
+split, the TF32 choice, fixed configs in the interpreter, and every GPU candidate tile computing the same thing.
+
+Grids: every kernel runs on a 1-D grid (CUDA caps grid axes 1 and 2 at 65,535 programs), and the index
+arithmetic that maps a program id back to (image, head, block) must stay right when B·H > 65,535.
 
 Running 66,000 programs in the interpreter would take minutes, so the interpreter's grid loop is sampled:
 every program id is still visited, but only the programs of a few chosen images (first, last, around 2¹⁵ and
@@ -108,3 +111,77 @@ def test_patch_pool_index_arithmetic_past_65535_images(monkeypatch):
     torch.testing.assert_close(tokens[chosen], ref_tokens)
     ref_grad_x, _ = reference.patch_pool_backward(grad[chosen], ref_index, tuple(x[chosen].shape), False, None)
     torch.testing.assert_close(grad_x[chosen], ref_grad_x)
+
+
+# --- configs, precision, head-dim split ---------------------------------------------------------------------
+
+
+def test_head_dim_split_covers_d_with_two_powers_of_two():
+    from fastfer.ops.backends.triton.attention import head_dim_split
+
+    assert head_dim_split(96) == (64, 32) and head_dim_split(64) == (64, 0) and head_dim_split(40) == (32, 16)
+    assert head_dim_split(8) == (16, 0) and head_dim_split(256) == (256, 0) and head_dim_split(200) == (128, 128)
+    for D in range(1, 257):
+        d0, d1 = head_dim_split(D)
+        assert d0 + d1 >= D and d0 >= 16 and (d1 == 0 or d1 >= 16)
+
+
+def test_fp32_dots_follow_torch_tf32_setting():
+    from fastfer.ops.backends.triton import attention, runtime
+
+    with runtime.tf32_matmuls(True):
+        assert attention.dot_precision(torch.float32) == "tf32"
+        assert attention.family(torch.float32, 96) == ("tf32", 96)
+    with runtime.tf32_matmuls(False):
+        assert attention.dot_precision(torch.float32) == "tf32x3"  # fp32-level accuracy on tensor cores
+    assert attention.family(torch.bfloat16, 64) == ("half", 64)
+
+
+def test_every_family_has_gpu_candidates():
+    from fastfer.ops.backends.triton import attention
+
+    for kind, table in attention.CANDIDATES.items():
+        assert {key for key in table} == {(p, w) for p in ("half", "tf32", "tf32x3") for w in (64, 128, 256)}, kind
+        assert all(1 <= len(v) <= 3 for v in table.values()), kind
+
+
+def test_interpreter_runs_one_fixed_config_and_never_autotunes(monkeypatch):
+    import triton
+
+    from fastfer.ops.backends.triton import api
+
+    def no_autotune(*args, **kwargs):
+        raise AssertionError("autotuning under the interpreter")
+
+    monkeypatch.setattr(triton, "autotune", no_autotune)
+    qkv = torch.randn(2, 9, 3, 2, 16)
+    out, index, _, _ = api.token_pool_attention(qkv, 4, 0.25, "logit_sum")
+    torch.testing.assert_close(out, reference.token_pool_attention(qkv, 4, 0.25, "logit_sum")[0])
+
+
+def _gpu_tiles():
+    from fastfer.ops.backends.triton import attention
+
+    return sorted({(m, n) for table in attention.CANDIDATES.values() for tiles in table.values() for m, n, _ in tiles})
+
+
+@pytest.mark.parametrize("D", [40, 96])
+def test_every_gpu_candidate_tile_computes_the_reference(D):
+    """The GPU candidates' block shapes, forced in the interpreter: masks and tails must not depend on the tile."""
+    from fastfer.ops.backends.triton import api, runtime
+    from fastfer.ops.backends.triton.runtime import config
+
+    torch.manual_seed(D)
+    qkv = torch.randn(1, 37, 3, 2, D)
+    scale = D**-0.5
+    ref_out, ref_index, ref_scores, ref_lse = reference.token_pool_attention(qkv, 20, scale, "prob_mean")
+    grad = torch.randn_like(ref_out)
+    ref_dqkv = reference.token_pool_attention_backward(grad, qkv, ref_out, ref_lse, ref_index, scale)
+    for m, n in _gpu_tiles():
+        tile = config(BLOCK_M=m, BLOCK_N=n)
+        with runtime.force_configs({"attn_fwd": tile, "attn_bwd_dkdv": tile, "attn_bwd_dq": tile}):
+            out, index, scores, lse = api.token_pool_attention(qkv, 20, scale, "prob_mean")
+            dqkv = api.token_pool_attention_backward(grad, qkv, out, lse, index, scale)
+        assert torch.equal(index, ref_index), (m, n)
+        torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6, msg=lambda e: f"tile {m}x{n}: {e}")
+        torch.testing.assert_close(dqkv, ref_dqkv, rtol=1e-5, atol=1e-5, msg=lambda e: f"tile {m}x{n}: {e}")
