@@ -243,7 +243,9 @@ def step_tests(out_dir: Path, dry_run: bool, timeout: float) -> StepResult:
     junit = out_dir / "tests-junit.xml"
     files = ["tests/ops/test_cuda.py"] if dry_run else _cuda_test_files()
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", f"--junitxml={junit}", *files]
-    code, log, seconds = run_child(cmd, timeout, _child_env(dry_run, poison=True))
+    env = _child_env(dry_run, poison=True)
+    env["FASTFER_TRITON_AUTOTUNE"] = "0"  # dozens of test shapes: first candidate only (smoke checks them all)
+    code, log, seconds = run_child(cmd, timeout, env)
     res = StepResult("tests", seconds=seconds, log=log)
     if code is None:
         res.status = "timeout"
@@ -320,7 +322,7 @@ def bench_headline(data: dict) -> list[str]:
 # --- the driver ----------------------------------------------------------------------------------------------
 
 STEPS = ("facts", "smoke", "tests", "bench", "models")
-TIMEOUTS = {"facts": 30, "smoke": 100, "tests": 100, "bench": 90, "models": 150}  # GPU; sum = the 470 s budget
+TIMEOUTS = {"facts": 20, "smoke": 110, "tests": 120, "bench": 90, "models": 130}  # GPU; sum = the 470 s budget
 DRY_TIMEOUTS = {"facts": 120, "smoke": 240, "tests": 180, "bench": 240, "models": 240}
 MIN_STEP = 10.0
 

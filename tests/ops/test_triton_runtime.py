@@ -185,3 +185,18 @@ def test_every_gpu_candidate_tile_computes_the_reference(D):
         assert torch.equal(index, ref_index), (m, n)
         torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6, msg=lambda e: f"tile {m}x{n}: {e}")
         torch.testing.assert_close(dqkv, ref_dqkv, rtol=1e-5, atol=1e-5, msg=lambda e: f"tile {m}x{n}: {e}")
+
+
+def test_autotuning_can_be_switched_off(monkeypatch):
+    """FASTFER_TRITON_AUTOTUNE=0 runs the first candidate on a GPU too (seen here as a non-interpreted launch)."""
+    from fastfer.ops.backends.triton import api, runtime
+
+    def no_tuner(self, family):
+        raise AssertionError("autotuner used although FASTFER_TRITON_AUTOTUNE=0")
+
+    monkeypatch.setattr(runtime, "INTERPRETED", False)
+    monkeypatch.setattr(runtime.Tunable, "tuner", no_tuner)
+    monkeypatch.setenv("FASTFER_TRITON_AUTOTUNE", "0")
+    qkv = torch.randn(2, 9, 3, 2, 16)
+    out, _, _, _ = api.token_pool_attention(qkv, None, 0.25, "logit_sum")
+    torch.testing.assert_close(out, reference.token_pool_attention(qkv, None, 0.25, "logit_sum")[0])

@@ -3,9 +3,10 @@ device guard, the launch hook the static sm_90 gate records through, and the one
 
 Every kernel of this backend is wrapped in a :class:`Tunable`. A launcher calls
 ``tunable.launch(grid, args, constexprs, family)``, where ``family`` names the candidate set (e.g.
-``("bf16", 96)``): on a GPU the candidates of that family are autotuned by ``triton.autotune`` (keyed on the
-kernel's ``key`` arguments and, by triton, on the tensor dtypes); under the interpreter the first candidate
-runs as is (the interpreter would run every candidate on CPU). Grids are callables of the chosen meta
+``("half", 96)``): on a GPU the candidates of that family are autotuned by ``triton.autotune`` (keyed on the
+kernel's ``key`` arguments — N, M, D, a batch·heads bucket, the dot precision — and, by triton, on the tensor
+dtypes); under the interpreter, or with ``FASTFER_TRITON_AUTOTUNE=0``, the first candidate runs as is (the
+interpreter would run every candidate on CPU). Grids are callables of the chosen meta
 parameters and always 1-D over programs: CUDA caps grid axes 1 and 2 at 65,535 programs, axis 0 at 2³¹ − 1,
 so any batch × heads launches.
 
@@ -17,6 +18,7 @@ validation runs every candidate once that way).
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
@@ -26,6 +28,7 @@ import triton.language as tl
 from fastfer.ops.backends.triton import interpret_mode_at_import
 
 INTERPRETED = interpret_mode_at_import()
+ENV_AUTOTUNE = "FASTFER_TRITON_AUTOTUNE"
 
 _RECORDER: list[Optional[Callable[..., None]]] = [None]
 _FORCED: dict[str, triton.Config] = {}
@@ -49,6 +52,12 @@ def split_program_id(num_inner):
     so consecutive programs share the outer operand — one head's K/V — in L2)."""
     pid = tl.program_id(0)
     return pid // num_inner, pid % num_inner
+
+
+def autotuning() -> bool:
+    """False when ``FASTFER_TRITON_AUTOTUNE=0``: every kernel runs its first candidate (correctness test runs
+    over many shapes skip compiling and timing the other candidates; bench/gpu_check.py's tests step)."""
+    return os.environ.get(ENV_AUTOTUNE, "1").strip() != "0"
 
 
 def device_guard(t: torch.Tensor):
@@ -134,7 +143,7 @@ class Tunable:
             recorder(self, grid, tuple(args), dict(constexprs), family)
             return
         forced = _FORCED.get(self.name)
-        if forced is None and INTERPRETED:
+        if forced is None and (INTERPRETED or not autotuning()):
             forced = self.candidates(family)[0]
         if forced is not None:
             meta = {**constexprs, **forced.kwargs}
