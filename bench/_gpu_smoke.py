@@ -11,7 +11,8 @@ For each case and backend (``triton``; ``cuda`` too when its extension is alread
 - per-kernel times: the launches of one forward + backward are recorded and each replayed under
   ``triton.testing.do_bench`` (CUDA events, L2 flushed);
 - registers, spills, shared memory and warps read from the compiled kernels triton actually launched;
-- a CUDA-graph replay of the APViT forward at B = 1 (bf16 autocast), checked against the eager forward.
+- a CUDA-graph replay of the APViT forward at B = 1 (bf16 autocast), checked against the eager forward;
+- the 64 + 32 head-dim split against one padded 128-wide dot (APViT b4, B = 128, bf16), timed both ways.
 
 The dry run (CPU, interpreter) does the same at tiny shapes in fp32/fp16, without timings, compiled-kernel
 statistics or graphs (reported as skipped).
@@ -273,6 +274,30 @@ def _graph_replay(device, dry_run: bool) -> dict:
                     ok=bool(diff <= 1e-2 * max(1.0, eager.abs().max().item())))
 
 
+def head_split_ab(device, dry_run: bool) -> dict:
+    """APViT b4 attention (B = 128, bf16): the 64 + 32 head-dim split against one 128-wide padded dot, forward
+    and forward + backward (do_bench ms), so the split's gain is measured, not assumed."""
+    if device.type != "cuda":
+        return dict(skipped="timed on a GPU only")
+    qkv = torch.randn(128, 161, 3, 8, 96, device=device, dtype=torch.bfloat16, requires_grad=True)
+    grad = torch.randn(128, 145, 8 * 96, device=device, dtype=torch.bfloat16)
+
+    def fwd():
+        return fastfer.token_pool_attention(qkv, 144, backend="triton").out
+
+    def fwdbwd():
+        return torch.autograd.grad(fwd(), qkv, grad)
+
+    out = {}
+    with _env("FASTFER_POISON", "0"):
+        for split in ("1", "0"):
+            with _env("FASTFER_TRITON_SPLIT_D", split):
+                fwdbwd()  # compile / autotune outside the timing
+                name = "split_64_32" if split == "1" else "padded_128"
+                out[name] = dict(fwd_ms=op_time_ms(fwd, device), fwdbwd_ms=op_time_ms(fwdbwd, device))
+    return out
+
+
 def prewarm_compile_cache(jobs: int, timeout: float, log=print) -> str:
     """Compile every kernel config of the model shapes in ``jobs`` parallel processes (tools/static_gate.py
     --prewarm), so this step and the later ones load compiled kernels from triton's cache instead of compiling
@@ -364,7 +389,8 @@ def run(dry_run: bool, log=print) -> dict:
     kernels = compiled_kernels()
     spilling = [k for k in kernels if k["spills"]]
     graphs = graph_replay(device, dry_run)
+    split_ab = head_split_ab(device, dry_run)
     if graphs.get("ok") is False:
         failures.append("apvit graph replay")
     return dict(ok=not failures and not spilling, failures=failures, spilling=spilling, cases=cases, kernels=kernels,
-                autotune=autotune_choices(), graph=graphs, prewarm=prewarm)
+                autotune=autotune_choices(), graph=graphs, head_split=split_ab, prewarm=prewarm)

@@ -146,6 +146,11 @@ def step_smoke(out_dir: Path, dry_run: bool) -> dict:
     graph = result["graph"]
     summary.append(f"apvit B=1 CUDA graph {graph['graph_ms']:.2f} ms (eager {graph['eager_ms']:.2f} ms)"
                    if "graph_ms" in graph else f"graph replay: {graph.get('skipped', graph)}")
+    split = result.get("head_split", {})
+    if "split_64_32" in split:
+        a, b = split["split_64_32"], split["padded_128"]
+        summary.append(f"D=96 split 64+32 vs padded 128: fwd {a['fwd_ms']:.3f} vs {b['fwd_ms']:.3f} ms, "
+                       f"fwd+bwd {a['fwdbwd_ms']:.3f} vs {b['fwdbwd_ms']:.3f} ms")
     return dict(ok=result["ok"], summary=summary)
 
 

@@ -200,3 +200,14 @@ def test_autotuning_can_be_switched_off(monkeypatch):
     qkv = torch.randn(2, 9, 3, 2, 16)
     out, _, _, _ = api.token_pool_attention(qkv, None, 0.25, "logit_sum")
     torch.testing.assert_close(out, reference.token_pool_attention(qkv, None, 0.25, "logit_sum")[0])
+
+
+def test_head_dim_split_can_be_switched_off_for_the_gpu_ab(monkeypatch):
+    from fastfer.ops.backends.triton import api
+    from fastfer.ops.backends.triton.attention import head_dim_split
+
+    monkeypatch.setenv("FASTFER_TRITON_SPLIT_D", "0")
+    assert head_dim_split(96) == (128, 0) and head_dim_split(40) == (64, 0)
+    qkv = torch.randn(1, 9, 3, 2, 40)
+    out, _, _, _ = api.token_pool_attention(qkv, 5, 0.2, "logit_sum")
+    torch.testing.assert_close(out, reference.token_pool_attention(qkv, 5, 0.2, "logit_sum")[0])

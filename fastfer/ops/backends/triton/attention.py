@@ -23,6 +23,8 @@ Launches (1-D grids, any B·H; block sizes autotuned on GPU, see :mod:`.runtime`
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -271,7 +273,13 @@ def _attn_bwd_dq_kernel(
 
 def head_dim_split(D: int) -> tuple[int, int]:
     """(BLOCK_D0, BLOCK_D1): D covered by a power-of-two part and a power-of-two rest (0 when none), each ≥ 16
-    (tl.dot's minimum): 96 → (64, 32), 64 → (64, 0), 40 → (32, 16), 8 → (16, 0)."""
+    (tl.dot's minimum): 96 → (64, 32), 64 → (64, 0), 40 → (32, 16), 8 → (16, 0).
+
+    ``FASTFER_TRITON_SPLIT_D=0`` pads to one power of two instead (96 → (128, 0)): the A/B switch the GPU
+    validation times (bench/_gpu_smoke.py) to show the split pays.
+    """
+    if os.environ.get("FASTFER_TRITON_SPLIT_D", "1").strip() == "0":
+        return max(16, triton.next_power_of_2(D)), 0
     d0 = max(16, 1 << (max(D, 1).bit_length() - 1))
     rest = D - d0
     return d0, (0 if rest <= 0 else max(16, triton.next_power_of_2(rest)))
