@@ -91,7 +91,8 @@ void py_token_pool_forward(uintptr_t qkv, int dtype, int64_t B, int64_t N, int64
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastfer CUDA kernels: the `cuda` backend of fastfer::patch_pool and fastfer::token_pool_attention "
-            "(the attention backward runs in torch ops). Called by fastfer/ops/ext_api.py with raw pointers.";
+            "(the attention backward runs the Triton kernels). Called by fastfer/ops/backends/ext/launch.py with "
+            "raw pointers.";
   m.attr("source_digest") = FASTFER_STRINGIFY(FASTFER_SOURCE_DIGEST);
   m.def("patch_pool_forward", &py_patch_pool_forward, "enqueue: tokens (B,k,C), index (B,k), scores (B,N)",
         py::arg("x"), py::arg("dtype"), py::arg("B"), py::arg("N"), py::arg("C"), py::arg("stride_b"),

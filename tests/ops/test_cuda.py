@@ -48,3 +48,23 @@ def test_patch_pool_model_shapes(backend, dtype, shape, k):
     pos = torch.randn(shape[2] * shape[3], shape[1], device=device, dtype=dtype)
     test_patch_pool.check_forward(backend, x, k, pos, "l1")
     test_patch_pool.check_forward(backend, x.contiguous(memory_format=torch.channels_last), k, None, "l1")
+
+
+@pytest.mark.parametrize("keep", [10, None])
+def test_token_pool_launches_past_65535_heads(keep):
+    """B·H = 65,600 programs per query block: the 1-D grids launch (a grid axis 1 or 2 would be capped at 65,535)."""
+    from fastfer.ops import reference
+
+    torch.manual_seed(5)
+    B, N, H, D = 8200, 17, 8, 16
+    qkv = torch.randn(B, N, 3, H, D, device="cuda", dtype=torch.float16, requires_grad=True)
+    out, index, scores = fastfer.token_pool_attention(qkv, keep, backend="triton")
+    grad = torch.randn_like(out)
+    (dqkv,) = torch.autograd.grad(out, qkv, grad)
+    some = torch.tensor([0, 4095, 4096, B - 1], device="cuda")
+    q = qkv.detach()[some].float()
+    ref_out, ref_index, _, ref_lse = reference.token_pool_attention(q, keep, D**-0.5, "logit_sum")
+    assert torch.equal(index[some], ref_index)
+    torch.testing.assert_close(out[some].float(), ref_out, atol=2e-3, rtol=2e-3)
+    ref_dqkv = reference.token_pool_attention_backward(grad[some].float(), q, ref_out, ref_lse, ref_index, D**-0.5)
+    torch.testing.assert_close(dqkv[some].float(), ref_dqkv, atol=5e-3, rtol=5e-3)

@@ -121,6 +121,20 @@ def test_runs_on_the_current_stream_and_device():
 def test_opcheck():
     x = torch.randn(2, 6, 4, 5, device="cuda", requires_grad=True)
     pos = torch.randn(20, 6, device="cuda", requires_grad=True)
-    torch.library.opcheck(torch.ops.fastfer.patch_pool.default, (x, 7, pos, "l1", "cuda"))
     qkv = torch.randn(2, 9, 3, 2, 16, device="cuda", requires_grad=True)
-    torch.library.opcheck(torch.ops.fastfer.token_pool_attention.default, (qkv, 5, None, "prob_mean", "cuda"))
+    with fastfer.use_backend("cuda"):  # the ops resolve the pinned backend (no backend argument in the schema)
+        torch.library.opcheck(torch.ops.fastfer.patch_pool.default, (x, 7, pos, "l1"))
+        torch.library.opcheck(torch.ops.fastfer.token_pool_attention.default, (qkv, 5, None, "prob_mean"))
+
+
+def test_backward_runs_the_triton_kernels_not_the_reference(monkeypatch):
+    """No attention backward kernel in the extension: the triton kernels run it (the materialising reference
+    must not be called)."""
+    def no_reference(*args):
+        raise AssertionError("the cuda backend fell back to the materialising reference backward")
+
+    monkeypatch.setattr(reference, "token_pool_attention_backward", no_reference)
+    qkv = torch.randn(2, 33, 3, 2, 32, device="cuda", requires_grad=True)
+    out, _, _ = fastfer.token_pool_attention(qkv, 20, backend="cuda")
+    out.sum().backward()
+    assert torch.isfinite(qkv.grad).all()

@@ -56,7 +56,9 @@ class Backend:
     implementation namespace, which provides ``patch_pool``, ``patch_pool_backward``, ``token_pool_attention``
     and ``token_pool_attention_backward`` with the signatures of :mod:`fastfer.ops.reference`. ``auto(call)``
     says whether automatic choice may take this backend for ``call`` (a test harness such as the Triton
-    interpreter runs only when pinned).
+    interpreter runs only when pinned). ``delegates`` names steps this backend hands to another backend
+    (``{"token_pool_attention_backward": "triton"}``: that step needs the other backend, and raises
+    :class:`BackendUnavailable` where it cannot run).
     """
 
     name: str
@@ -68,6 +70,7 @@ class Backend:
     probe: Callable[[Call], list[str]]
     load: Callable[[], Any]
     auto: Callable[[Call], bool] = field(default=lambda call: True)
+    delegates: dict[str, str] = field(default_factory=dict)
 
     def not_supported_reasons(self, call: Call) -> list[str]:
         reasons = []
@@ -187,7 +190,8 @@ def _explain(call: Call, headline: str) -> str:
 
 
 def backends() -> list[dict[str, Any]]:
-    """Table of every backend: name, description, devices, dtypes, and why it is unavailable on each device.
+    """Table of every backend: name, description, devices, dtypes, delegated steps, and why it is unavailable
+    on each device.
 
     ``available[device]`` is True, or the reason string, for an fp32 call of each op on that device type;
     ``automatic[device]`` says whether automatic choice takes it there.
@@ -207,7 +211,8 @@ def backends() -> list[dict[str, Any]]:
             automatic[dev] = not why and b.auto(call)
         table.append(dict(name=name, description=b.description, devices=b.devices,
                           dtypes=tuple(str(d).replace("torch.", "") for d in b.dtypes), ops=b.ops,
-                          max_head_dim=b.max_head_dim, available=available, automatic=automatic))
+                          max_head_dim=b.max_head_dim, available=available, automatic=automatic,
+                          delegates=dict(b.delegates)))
     return table
 
 

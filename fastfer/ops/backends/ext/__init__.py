@@ -37,7 +37,8 @@ def _load(kind: str) -> Callable[[], Any]:
 register(
     Backend(
         name="cuda",
-        description="C++/CUDA extension kernels (built on first pinned use, or `fastfer build-ext --cuda`)",
+        description="C++/CUDA extension kernels (built on first pinned use, or `fastfer build-ext --cuda`); "
+        "the attention backward runs the triton kernels (needs triton, else it raises)",
         devices=("cuda",),
         dtypes=FLOAT_DTYPES,
         ops=("patch_pool", "token_pool_attention"),
@@ -45,6 +46,7 @@ register(
         probe=_probe("cuda"),
         load=_load("cuda"),
         auto=_ready("cuda"),
+        delegates={"token_pool_attention_backward": "triton"},
     )
 )
 

@@ -143,9 +143,15 @@ class ExtensionOps:
 
 
 class CudaOps(ExtensionOps):
-    """The ``cuda`` backend: CUDA kernels on the current stream of the tensors' device. Where the extension
-    has no kernel for a step (``token_pool_backward``), the reference's LSE-recompute identities run with torch
-    ops on the GPU instead."""
+    """The ``cuda`` backend: CUDA kernels on the current stream of the tensors' device.
+
+    The extension has no attention backward kernel (``token_pool_backward``); that step runs the ``triton``
+    backend's kernels (same contract: the forward's natural-log fp32 LSE and (B, M, H·D) output) and raises
+    :class:`~fastfer.ops.backends.registry.BackendUnavailable` when triton cannot run it — never a silent
+    N×N reference. The record says so (``delegates``).
+    """
+
+    BACKWARD_DELEGATE = "triton"
 
     def _launch(self) -> dict:
         return dict(stream=torch.cuda.current_stream().cuda_stream)
@@ -171,10 +177,30 @@ class CudaOps(ExtensionOps):
             return super().token_pool_attention(qkv, keep, scale, score)
 
     def token_pool_attention_backward(self, grad_out, qkv, out, lse, index, scale):
-        if not hasattr(self.module, "token_pool_backward"):
-            return reference.token_pool_attention_backward(grad_out, qkv, out, lse, index, scale)
-        with self._device_of(qkv):
-            return super().token_pool_attention_backward(grad_out, qkv, out, lse, index, scale)
+        if hasattr(self.module, "token_pool_backward"):
+            with self._device_of(qkv):
+                return super().token_pool_attention_backward(grad_out, qkv, out, lse, index, scale)
+        return delegated_attention_backward(self.BACKWARD_DELEGATE, grad_out, qkv, out, lse, index, scale)
+
+
+def delegated_attention_backward(name: str, grad_out: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, index: Tensor,
+                                 scale: float) -> Tensor:
+    """d(qkv) of the ``cuda`` forward by backend ``name`` (triton), or BackendUnavailable saying why not."""
+    from fastfer.ops.backends import registry
+
+    call = registry.Call("token_pool_attention", qkv.device, qkv.dtype, head_dim=qkv.shape[-1])
+    try:
+        delegate = registry.get(name)
+    except ValueError:
+        reasons = [f"backend {name!r} is not registered"]
+    else:
+        reasons = delegate.not_supported_reasons(call)
+    if reasons:
+        raise registry.BackendUnavailable(
+            f"fastfer: {call.describe()} backward on the 'cuda' backend: the CUDA extension has no attention "
+            f"backward kernel and runs the {name!r} kernels instead, which cannot run here: {'; '.join(reasons)}. "
+            "Train with backend 'triton' or 'torch' (fastfer.ops.use_backend), or install triton.")
+    return delegate.load().token_pool_attention_backward(grad_out, qkv, out, lse, index, scale)
 
 
 _NAMESPACES: dict[str, ExtensionOps] = {}

@@ -1,5 +1,6 @@
 """The ``triton`` backend: its record, and the kernels in one module per family (``api`` is the namespace the
-record loads).
+record loads; ``runtime`` holds the launch machinery: candidate configs and GPU-only autotuning, the device
+guard, the launch hook of the static sm_90 gate in tools/static_gate.py, the one intra-program barrier).
 
 Importing this package registers the record and does not import triton; each kernel module loads on its first
 call. CPU tensors run
