@@ -1,4 +1,4 @@
-// Attention for the kept query rows only, on CUDA (DESIGN §2.2): out (B, M, H·D) and the natural-log lse
+// Attention for the kept query rows only, on CUDA (docs/design.md §2.2): out (B, M, H·D) and the natural-log lse
 // (B, H, M) of the queries at `index`, each attending to all N keys with an online softmax; no N×N matrix.
 //
 // A block computes 16 query rows of one (image, head): 4 warps × 4 rows. Keys come in tiles of 32 staged

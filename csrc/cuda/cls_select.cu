@@ -1,4 +1,4 @@
-// CLS-row scores over all heads and token selection on CUDA (DESIGN §2.2), one block per image.
+// CLS-row scores over all heads and token selection on CUDA (docs/design.md §2.2), one block per image.
 //
 // A warp per (head, key) dots the CLS query with the key (lanes over the head dim, coalesced) into the
 // B·H·N logits workspace — one 1×D · D×N product per head, no N×N matrix. logit_sum (APViT) then adds the

@@ -1,4 +1,4 @@
-// Attentive Patch Pooling on CUDA (DESIGN §2.1). Forward: one block per image, one launch — channel scores
+// Attentive Patch Pooling on CUDA (docs/design.md §2.1). Forward: one block per image, one launch — channel scores
 // (written to the scores output), top-k selection, gather of the kept positions (+ pos) into tokens. The
 // map is read through (batch, position, channel) strides, so NCHW, channels_last and tokens need no copy.
 // Backward: each element of grad_x is written once (the token gradient where the position was kept, zero

@@ -1,4 +1,4 @@
-"""FERPlus reader (``datasets.md`` §5): FER2013 faces re-labelled by 10 crowd votes, majority label.
+"""FERPlus reader (``docs/datasets.md`` §5): FER2013 faces re-labelled by 10 crowd votes, majority label.
 
 Layouts (``layout="auto"`` picks the first present):
 - ``"folders"``: ``FER2013{Train,Valid,Test}/ferNNNNNNN.png`` (written by ``microsoft/FERPlus``'s

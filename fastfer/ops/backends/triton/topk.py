@@ -1,7 +1,7 @@
 """Top-k selection inside a Triton program, with indices in ascending positional order.
 
 Triton has no argsort and ``tl.topk`` returns values only, so positions are ranked by pairwise comparison
-(kernels.md §4, option A):
+(docs/kernels.md §4, option A):
 
     rank_i = #{j : s_j > s_i} + #{j < i : s_j == s_i}
 
