@@ -130,15 +130,20 @@ def run(args) -> int:
     for path, error in missing:
         writer.write({"path": path, "faces": [], "error": error})
     stats = new_stats(unreadable=len(missing))
+    complete = False
     try:
         with tqdm(total=total_work(inputs, args.every), unit="img", desc="predict", file=sys.stderr,
                   dynamic_ncols=True) as bar:
             predict_files(predictor, inputs, writer, options, stats, bar)
+        complete = True
     except (NoFaceError, MultipleFacesError) as exc:  # --no-face error / --multi-face error
         print(f"fastfer predict: {exc}", file=sys.stderr)
         return 1
     finally:
-        writer.close()
+        where = writer.close(complete)
+        if where and not complete:
+            print(f"fastfer predict: stopped early; the results so far are in {where} ({args.out} is unchanged)",
+                  file=sys.stderr)
     _report_tracks(args, stats)
     dropped = f", {stats['dropped']} dropped to keep up" if stats.get("dropped") else ""
     print(f"fastfer predict: {stats['images']} images, {stats['frames']} video frames{dropped}, {stats['faces']} "

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from fastfer.infer.stream import URL_SCHEMES, StreamError
+from fastfer.utils.files import atomic_write_bytes, fsync_dir, temporary_path
 
 NO_FACE = "no face found"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".jp2"}
@@ -102,10 +103,14 @@ class ResultWriter:
 
     def __init__(self, path: Optional[str], label_names: Sequence[str]):
         self.labels = list(label_names)
+        self.path = path
         self.csv = path is not None and Path(path).suffix.lower() == ".csv"
         if path is not None and os.path.dirname(os.path.abspath(path)):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.file = open(path, "w", newline="", encoding="utf-8") if path else sys.stdout
+        # Results stream into a temporary file beside ``path``; close() renames it over ``path`` — a file already
+        # there is replaced only by a complete result set (see close for what a failure keeps).
+        self.tmp = temporary_path(path) if path else None
+        self.file = open(self.tmp, "w", newline="", encoding="utf-8") if path else sys.stdout
         if self.csv:
             self.columns = ["path", "frame", "time", "face", "track", "x1", "y1", "x2", "y2", "score", "alignment",
                             "label", *(f"p_{n}" for n in self.labels), "error"]
@@ -125,14 +130,26 @@ class ResultWriter:
             row = dict(base, face=i, track=face.get("track", ""), x1=x1, y1=y1, x2=x2, y2=y2,
                        score="" if face.get("score") is None else face["score"], alignment=face["alignment"],
                        label=face["label"])
-            row.update({f"p_{n}": round(face["probs"][n], 6) for n in self.labels})
+            row.update({f"p_{n}": "" if face["probs"][n] is None else round(face["probs"][n], 6)
+                        for n in self.labels})
             self.rows.writerow(row)
 
-    def close(self) -> None:
-        if self.file is not sys.stdout:
-            self.file.close()
-        else:
+    def close(self, complete: bool = True) -> Optional[str]:
+        """Finish the file. Complete: it replaces ``path`` atomically. Interrupted (``complete=False``): the
+        results computed so far are kept as ``<path>.partial`` and an existing ``path`` is left as it was.
+        Returns where the results are (None for stdout)."""
+        if self.file is sys.stdout:
             self.file.flush()
+            return None
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        finally:
+            self.file.close()
+        target = self.path if complete else self.path + ".partial"
+        os.replace(self.tmp, target)
+        fsync_dir(os.path.dirname(os.path.abspath(target)))
+        return target
 
 
 def _record(path: str, faces: list, **extra) -> dict:
@@ -143,11 +160,15 @@ def _record(path: str, faces: list, **extra) -> dict:
 
 
 def _write_image(path: Path, rgb: np.ndarray) -> None:
+    """An annotated image, encoded in memory and written atomically (PNG when the suffix has no encoder)."""
     import cv2
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        cv2.imwrite(str(path.with_suffix(".png")), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(path.suffix or ".png", bgr)
+    if not ok:
+        path = path.with_suffix(".png")
+        ok, data = cv2.imencode(".png", bgr)
+    atomic_write_bytes(path, data.tobytes())
 
 
 def process_image_batch(predictor, items: Sequence[tuple[str, str]], writer: ResultWriter, stats: dict,

@@ -214,11 +214,12 @@ class Predictor:
 
     def _results(self, logits: Tensor, features: Optional[Tensor] = None) -> list[dict]:
         probs = self.probabilities(logits).cpu().numpy()
+        finite = torch.isfinite(logits).all(dim=-1).cpu().numpy()
         logits = logits.cpu().numpy()
         names = self.label_names
         out = [{"label": self.label_of(p), "confidence": float(p.max()),
                 "probs": {n: float(v) for n, v in zip(names, p)}, "logits": [float(v) for v in lg]}
-               for p, lg in zip(probs, logits)]
+               if ok else _non_finite(names, lg) for p, lg, ok in zip(probs, logits, finite)]
         if features is not None:
             for r, f in zip(out, features.cpu().numpy()):
                 r["features"] = f
@@ -482,3 +483,13 @@ def _check_confidence(value) -> Optional[float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ValueError(f"min_confidence: expected None or a probability in [0, 1], got {value!r}")
     return float(value)
+
+
+NON_FINITE = "error"
+
+
+def _non_finite(names, logits) -> dict:
+    """A face whose logits are NaN/inf: marked ``error``, never given a label (broken weights or input)."""
+    return {"label": NON_FINITE, "confidence": None, "probs": {n: None for n in names},
+            "logits": [float(v) for v in logits],
+            "error": "the model's logits are not finite (NaN or inf) for this face; check the checkpoint's weights"}

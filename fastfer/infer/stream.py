@@ -32,6 +32,7 @@ import numpy as np
 from fastfer.data import face as face_lib
 from fastfer.infer.tracking import FaceTracker
 from fastfer.utils.errors import FastferError
+from fastfer.utils.files import temporary_path
 
 URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
@@ -267,6 +268,11 @@ class Stream:
                 result = self.process(frame)
                 self._last_faces = result["faces"]
                 yield result
+        except GeneratorExit:  # the consumer stopped early: what was written is a valid video
+            raise
+        except BaseException:
+            self._failed = True
+            raise
         finally:
             self._elapsed = time.monotonic() - self._started
             self.close()
@@ -323,7 +329,10 @@ class Stream:
             os.makedirs(folder, exist_ok=True)
             fps = self.source.fps or 25.0
             h, w = image.shape[:2]
-            self._writer = cv2.VideoWriter(self.annotate, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            # Into a temporary file beside the target, renamed at close(): a stream that fails midway never
+            # replaces an existing video with a broken one.
+            self._video_tmp = temporary_path(self.annotate) + os.path.splitext(self.annotate)[1]
+            self._writer = cv2.VideoWriter(self._video_tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
             if not self._writer.isOpened():
                 raise StreamError(f"{self.annotate}: cannot write the annotated video")
         self._writer.write(cv2.cvtColor(annotate_image(image, faces), cv2.COLOR_RGB2BGR))
@@ -334,6 +343,8 @@ class Stream:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+            # a failed stream keeps its frames as <video>.partial and leaves an existing video untouched
+            os.replace(self._video_tmp, self.annotate + (".partial" if getattr(self, "_failed", False) else ""))
 
     def summary(self) -> dict:
         """``source``, ``frames_read``, ``frames_processed``, ``dropped``, ``faces``, ``seconds`` (wall time),

@@ -156,6 +156,9 @@ class FaceTracker:
             if i not in reported:
                 continue
             face["track"] = reported[i]
+            if face.get("error"):  # no probabilities to record (non-finite logits): tracked, not counted
+                out.append(face)
+                continue
             probs = self.record(reported[i], face["probs"], dt)
             if self.alpha is not None:
                 face["raw_label"], face["raw_probs"] = face["label"], face["probs"]

@@ -253,3 +253,37 @@ def test_debug_shows_the_traceback(tmp_path):
                            str(tmp_path / "r"), *TINY_MODEL[:0]], cwd=REPO, env=env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
+
+
+def test_predict_results_replace_the_old_file_only_when_complete(trained, tmp_path, capsys, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from fastfer.infer import files
+
+    for i in range(3):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    out = tmp_path / "results.jsonl"
+    out.write_text("the previous results\n")
+    real = files.process_image_batch
+    calls = []
+
+    def fail_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the user stops the run midway
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(files, "process_image_batch", fail_on_second)
+    code = main(["predict", str(tmp_path / "0.png"), str(tmp_path / "1.png"), str(tmp_path / "2.png"),
+                 "--checkpoint", str(trained), "--detector", "none", "--batch-size", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted" in err and "results so far are in" in err
+    assert out.read_text() == "the previous results\n"  # untouched
+    partial = tmp_path / "results.jsonl.partial"
+    assert len(partial.read_text().splitlines()) == 1  # the first image's record was kept
+    monkeypatch.setattr(files, "process_image_batch", real)
+    assert main(["predict", str(tmp_path / "0.png"), "--checkpoint", str(trained), "--detector", "none",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text().splitlines()[0])["path"].endswith("0.png")
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]

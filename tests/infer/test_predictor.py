@@ -430,3 +430,16 @@ def test_cuda_matches_cpu(options):
     for _ in range(2):  # the second call replays the captured graph / compiled code
         got = cuda.predict_faces(crops.cuda())
         np.testing.assert_allclose([r["logits"] for r in got], [r["logits"] for r in cpu], atol=1e-3)
+
+
+def test_non_finite_logits_mark_the_face_error_never_a_label():
+    """NaN weights: every face comes back as an error entry (no label, no probabilities) instead of 'neutral'."""
+    model = fastfer.models.create_model("apvit_tiny", **MICRO).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    p = Predictor(model, device="cpu", detector="none")
+    out = p.predict_faces(torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8))
+    assert [r["label"] for r in out] == ["error", "error"]
+    assert all(r["confidence"] is None and set(r["probs"].values()) == {None} for r in out)
+    assert "not finite" in out[0]["error"]
