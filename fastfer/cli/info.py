@@ -34,4 +34,10 @@ def run(args) -> int:
     print(f"\nwhat runs{' (pinned: ' + pinned + ')' if pinned else ' (automatic choice, fp32)'}:")
     for dev in devices:
         print(f"  {dev}: " + ", ".join(f"{op} → {name}" for op, name in chosen_for(dev).items()))
+    from fastfer.ops.backends.ext import build as ext_build
+    from fastfer.utils.precision import describe_amp
+
+    print("  extension " + ext_build.describe("cpu"))
+    for dev in devices:
+        print(f"  {dev} {describe_amp('auto', dev)}  (train / predict default --amp auto)")
     return 0

@@ -55,7 +55,9 @@ def register(subparsers) -> None:
                         "faster: every op of a small model then skips the wait for a second thread")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
     p.add_argument("--backend", default=None, help="op backend: triton, cuda, cpu, torch (default: automatic)")
-    p.add_argument("--amp", default=None, choices=["off", "bf16", "fp16"], help="autocast dtype (default off)")
+    p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
+                   help="autocast dtype (default auto: bf16 on a GPU with bf16 or a CPU with native bf16 (AMX / "
+                        "AVX512-BF16), fp32 elsewhere; the choice is printed)")
     p.set_defaults(func=run)
 
 
@@ -120,6 +122,8 @@ def run(args) -> int:
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as exc:
         print(f"fastfer predict: {exc}", file=sys.stderr)
         return 2
+    ops_line = ", ".join(f"{op} → {name}" for op, name in predictor.op_backends.items())
+    print(f"fastfer predict: {predictor.precision} | ops {ops_line}", file=sys.stderr)
     if args.explain and not predictor.can_explain:
         print(f"fastfer predict: --explain: model {predictor.info.model_name!r} does not report its pooling "
               f"decisions (APViT models do)", file=sys.stderr)

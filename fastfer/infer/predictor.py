@@ -39,8 +39,8 @@ from fastfer.data import face as face_lib
 from fastfer.infer.loading import ModelInfo, load_model  # noqa: F401 — ModelInfo is part of the API
 from fastfer.infer.results import ITEM_ERRORS, Faces, check_on_error, failed
 from fastfer.infer.tracking import UNCERTAIN
+from fastfer.utils.precision import describe_amp, resolve_amp
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _nullcontext = contextlib.nullcontext
 
 
@@ -65,7 +65,11 @@ class Predictor:
         device: ``cpu``, ``cuda``, ``cuda:1`` … (default: CUDA when available).
         backend: pin the op backend of the fused ops while this predictor runs (``triton``, ``cuda``, ``cpu``,
             ``torch``; None = the process's pin, else automatic).
-        amp: None / ``off`` (fp32), ``bf16`` or ``fp16`` autocast.
+        amp: ``auto`` (default: bf16 autocast on a CUDA GPU with bf16 or a CPU with native bf16 — AMX /
+            AVX512-BF16 —, fp16 on other GPUs, fp32 elsewhere; :attr:`precision` says which), None / ``off``
+            (fp32), ``bf16`` or ``fp16`` autocast.
+        channels_last: keep the model's convolutions in channels_last memory format (None = yes for models
+            with convolutions: oneDNN and cuDNN run them faster that way; the logits are the same).
         batch_size: faces per forward pass.
         detector: ``auto`` (default: MTCNN when facenet-pytorch imports, else Haar), ``mtcnn``, ``haar``, ``none``
             (images are face crops unless boxes / landmarks are given) or a callable image → list of
@@ -85,18 +89,15 @@ class Predictor:
     """
 
     def __init__(self, model: Union[nn.Module, str, os.PathLike], device=None, backend: Optional[str] = None,
-                 amp: Optional[str] = None, batch_size: int = 32, detector="auto", no_face: str = "skip",
+                 amp: Optional[str] = "auto", batch_size: int = 32, detector="auto", no_face: str = "skip",
                  multi_face: str = "all", compile: bool = False, cuda_graphs: bool = False,
                  model_name: Optional[str] = None, num_classes: Optional[int] = None,
-                 temperature: Optional[float] = None, min_confidence: Optional[float] = None):
+                 temperature: Optional[float] = None, min_confidence: Optional[float] = None,
+                 channels_last: Optional[bool] = None):
         self.device = _resolve_device(device)
         self.batch_size = _check_positive_int("batch_size", batch_size)
-        if amp in (None, False, "off", "fp32"):
-            self.amp = None
-        elif amp in AMP_DTYPES:
-            self.amp = AMP_DTYPES[amp]
-        else:
-            raise ValueError(f"amp: expected None, 'off', 'bf16' or 'fp16', got {amp!r}")
+        self.amp = resolve_amp(amp, self.device)  # ValueError naming amp for anything else
+        self.precision = describe_amp(amp, self.device)
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs: needs a CUDA device, got device={str(self.device)!r}")
         face_lib.check_policies(no_face, multi_face)
@@ -104,6 +105,13 @@ class Predictor:
         self.backend = ops.check_backend(backend) if backend is not None else None
         self.model, self.info = load_model(model, model_name=model_name, num_classes=num_classes)
         self.model = self.model.to(self.device).eval()
+        has_conv = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
+        self.channels_last = has_conv if channels_last is None else bool(channels_last)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # Ready the fused ops now: on CPU a fresh install builds the C++ kernels here (once, one progress line).
+        with ops.use_backend(self.backend) if self.backend else _nullcontext():
+            self.op_backends = ops.prepare(self.device, self.amp or torch.float32)
         self.label_names = self.info.label_names
         self.input_size = self.info.input_size  # (H, W)
         self.mean = torch.tensor(self.info.mean, device=self.device).view(1, 3, 1, 1)

@@ -6,11 +6,12 @@
 
 This package is the only part of fastfer that knows backends exist (``triton``, ``cuda``, ``cpu``, ``torch``):
 :func:`backends` lists them and why each can or cannot run here; :func:`set_backend` / :func:`use_backend`
-pin one; otherwise each call takes the first that supports it. Importing this package registers the ops and
+pin one; otherwise each call takes the first that supports it; :func:`prepare` readies them for a device (on
+CPU it may build the C++ kernels once, on first need). Importing this package registers the ops and
 the backend records; it imports no kernels, compiles nothing and does not touch CUDA.
 """
-from fastfer.ops.backends.registry import (BackendUnavailable, backends, check_backend, get_backend, set_backend,
-                                           use_backend)
+from fastfer.ops.backends.registry import (BackendUnavailable, backends, check_backend, get_backend, prepare,
+                                           set_backend, use_backend)
 
 # Each backend module registers its own record (the registry imports none of them).
 from fastfer.ops.backends import ext as _ext_backend  # noqa: E402,F401
@@ -29,6 +30,7 @@ __all__ = [
     "check_backend",
     "get_backend",
     "patch_pool",
+    "prepare",
     "set_backend",
     "token_pool_attention",
     "use_backend",

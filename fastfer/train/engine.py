@@ -34,6 +34,7 @@ from fastfer.train.recipes import stage_configs, task_class
 from fastfer.train.runtime import (MetricsLog, NonFiniteLossError, amp_dtype, create_run_dir, log_line, pick_device,
                                    pick_threads, pick_workers, set_determinism)
 from fastfer.train.stage import Stage, build_stage
+from fastfer.utils.precision import describe_amp
 
 STEP_SEED_TAG = 0x5EED  # keeps the per-step seeds apart from the per-sample seeds
 
@@ -58,6 +59,9 @@ class Trainer:
     def _run(self) -> dict:
         t_start = time.perf_counter()
         self._setup_runtime()
+        # Ready the op kernels now (on CPU a fresh install builds the C++ kernels here, once, with its own
+        # progress line) rather than inside the first training step.
+        self.op_backends = ops.prepare(self.device, self.amp or torch.float32)
         resume_state, weights = self._read_resume_state() if self.resume else (None, None)
         self._setup_run_folder()
         try:
@@ -254,11 +258,14 @@ class Trainer:
             f"train {len(s.train)} ({describe_counts(targets_of(s.train), self.label_names)}); val {len(s.val)} "
             f"({s.val_from}); test {len(s.test)} ({s.test_from})",
             f"device {self.device} | threads {self.threads} | workers {self.workers} | processes "
-            f"{self.info.world_size} | amp {self.amp or 'off'} | compile {cfg.runtime.compile} | channels_last "
-            f"{self.channels_last} | op backend {cfg.runtime.backend or 'auto'} | seed {cfg.runtime.seed}",
+            f"{self.info.world_size} | compile {cfg.runtime.compile} | channels_last {self.channels_last} | seed "
+            f"{cfg.runtime.seed}",
+            describe_amp(cfg.runtime.amp, self.device) + " | ops " + ", ".join(
+                f"{op} → {name}" for op, name in self.op_backends.items())
+            + ("" if cfg.runtime.backend is None else f" (pinned {cfg.runtime.backend})"),
         ]
         if hasattr(os, "getloadavg"):
-            lines[-1] += f" | load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+            lines[-2] += f" | load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
         return "\n".join(lines)
 
     # --- one stage ----------------------------------------------------------------------------------------------

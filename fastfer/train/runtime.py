@@ -13,6 +13,8 @@ from typing import Optional
 
 import torch
 
+from fastfer.utils.precision import resolve_amp
+
 from fastfer.train.config import ConfigError
 from fastfer.utils.errors import FastferError
 
@@ -125,18 +127,9 @@ def pick_workers(requested: Optional[int], device: torch.device, world_size: int
 
 
 def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
-    """``auto``: bf16 on a CUDA device that supports it, else fp16 on CUDA, else off (CPU). ``off`` → None."""
-    if mode == "off":
-        return None
-    if mode == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if mode == "bf16":
-        return torch.bfloat16
-    if mode == "fp16":
-        return torch.float16
-    raise ValueError(f"amp: expected auto, bf16, fp16 or off, got {mode!r}")
+    """``auto``: bf16 on a CUDA device that supports it (else fp16), bf16 on a CPU with native bf16 (AMX /
+    AVX512-BF16), else off. ``off`` → None. See :mod:`fastfer.utils.precision`."""
+    return resolve_amp(mode, device)
 
 
 def set_determinism(deterministic: bool, device: torch.device) -> None:

@@ -91,6 +91,7 @@ _REGISTRY: dict[str, Backend] = {}
 _pinned: Optional[str] = None
 _state = [0]  # bumped whenever a record or a backend's readiness changes: invalidates memoised choices
 _choices: dict[tuple, Backend] = {}
+_planning = [False]  # inside planning(): auto rules answer without doing work (no build), nothing memoised
 
 
 def register(backend: Backend) -> None:
@@ -158,9 +159,27 @@ def use_backend(name: Optional[str]) -> Iterator[None]:
         _pinned = previous
 
 
+@contextlib.contextmanager
+def planning() -> Iterator[None]:
+    """Inside this block automatic-choice rules say what they *would* do without doing it (the ``cpu`` rule
+    does not build its extension) and choices are not memoised: ``fastfer info`` uses it."""
+    previous = _planning[0]
+    _planning[0] = True
+    try:
+        yield
+    finally:
+        _planning[0] = previous
+
+
+def is_planning() -> bool:
+    return _planning[0]
+
+
 def select(call: Call) -> Backend:
     """The backend that runs ``call``: the pinned one (checked), else the first supported in ORDER."""
     pin = get_backend()
+    if _planning[0]:
+        return _choose(call, pin)
     key = (call, pin, _state[0])
     chosen = _choices.get(key)
     if chosen is None:
@@ -197,31 +216,65 @@ def backends() -> list[dict[str, Any]]:
     ``automatic[device]`` says whether automatic choice takes it there.
     """
     table = []
-    for name in known():
-        b = _REGISTRY[name]
-        available: dict[str, Any] = {}
-        automatic: dict[str, bool] = {}
-        for dev in ("cpu", "cuda"):
-            if dev == "cuda" and not torch.cuda.is_available():
-                available[dev], automatic[dev] = "no CUDA device", False
-                continue
-            call = Call(b.ops[0], torch.device(dev), torch.float32)
-            why = b.not_supported_reasons(call)
-            available[dev] = True if not why else "; ".join(why)
-            automatic[dev] = not why and b.auto(call)
-        table.append(dict(name=name, description=b.description, devices=b.devices,
-                          dtypes=tuple(str(d).replace("torch.", "") for d in b.dtypes), ops=b.ops,
-                          max_head_dim=b.max_head_dim, available=available, automatic=automatic,
-                          delegates=dict(b.delegates)))
+    with planning():
+        for name in known():
+            table.append(_row(name))
     return table
 
 
+def _row(name: str) -> dict[str, Any]:
+    """One row of :func:`backends` (called inside :func:`planning`: nothing is built)."""
+    b = _REGISTRY[name]
+    available: dict[str, Any] = {}
+    automatic: dict[str, bool] = {}
+    for dev in ("cpu", "cuda"):
+        if dev == "cuda" and not torch.cuda.is_available():
+            available[dev], automatic[dev] = "no CUDA device", False
+            continue
+        call = Call(b.ops[0], torch.device(dev), torch.float32)
+        why = b.not_supported_reasons(call)
+        available[dev] = True if not why else "; ".join(why)
+        automatic[dev] = not why and b.auto(call)
+    return dict(name=name, description=b.description, devices=b.devices,
+                dtypes=tuple(str(d).replace("torch.", "") for d in b.dtypes), ops=b.ops,
+                max_head_dim=b.max_head_dim, available=available, automatic=automatic,
+                delegates=dict(b.delegates))
+
+
+OPS = ("patch_pool", "token_pool_attention")
+
+
+def _op_calls(device: str, dtype: torch.dtype) -> list[Call]:
+    return [Call(op, torch.device(device), dtype, head_dim=64 if op != "patch_pool" else None) for op in OPS]
+
+
 def chosen_for(device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, str]:
-    """{op: backend name or the reason none runs} for automatic choice on ``device`` (``fastfer info``)."""
+    """{op: backend name or the reason none runs} for automatic choice on ``device``, without building
+    anything (``fastfer info``)."""
     out = {}
-    for op in ("patch_pool", "token_pool_attention"):
+    with planning():
+        for call in _op_calls(device, dtype):
+            try:
+                out[call.op] = select(call).name
+            except BackendUnavailable as exc:
+                out[call.op] = str(exc).splitlines()[0]
+    return out
+
+
+def prepare(device: Any = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, str]:
+    """Make the ops ready to run on ``device`` now and return {op: backend name} that will run them.
+
+    Automatic choice may build the CPU kernels on first need (about a minute, once, with a progress line);
+    entry points (training, prediction, benchmarks) call this before their own progress output starts, so the
+    wait is not hidden inside the first batch. Never raises for an unavailable backend: the reason is
+    returned (and automatic choice says it once).
+    """
+    out = {}
+    for call in _op_calls(torch.device(device).type, dtype):
         try:
-            out[op] = select(Call(op, torch.device(device), dtype, head_dim=64 if op != "patch_pool" else None)).name
+            backend = select(call)
+            backend.load()
+            out[call.op] = backend.name
         except BackendUnavailable as exc:
-            out[op] = str(exc).splitlines()[0]
+            out[call.op] = str(exc).splitlines()[0]
     return out

@@ -1,4 +1,4 @@
-"""Loads the C++/CUDA extension behind the ``cpu`` and ``cuda`` backends, building it when asked.
+"""Loads the C++/CUDA extension behind the ``cpu`` and ``cuda`` backends, building it on first need.
 
 Where a built extension comes from, in order:
 
@@ -6,17 +6,25 @@ Where a built extension comes from, in order:
    ``FASTFER_BUILD_EXT=1 pip install -e . --no-build-isolation``. Used when its recorded source digest
    matches the sources next to it (an edited checkout never runs a stale binary) or when no sources ship.
 2. **cache**: an earlier JIT build in ``$FASTFER_EXT_DIR/ext-<kind>-<digest>`` (default
-   ``~/.cache/fastfer``), reused when sources, torch and Python are unchanged.
-3. **JIT build** with ``torch.utils.cpp_extension.load`` (ninja) into that directory, under a file lock,
-   with a progress message on stderr. This costs about a minute, so it happens only when asked:
-   ``fastfer build-ext``, :func:`build`, or the first op call that names the backend explicitly
-   (``backend="cpu"``, ``set_backend("cpu")``, ``FASTFER_BACKEND=cpu``). **Automatic backend choice never
-   compiles**: it uses the extension only once it is built (:func:`ready`), so a plain CPU user is never
-   blocked inside a model forward; ``import fastfer`` compiles nothing either.
+   ``~/.cache/fastfer``), reused when sources, torch and Python are unchanged and the library it names imports
+   and says it was built from these sources (a broken or stale build is never loaded: it is rebuilt).
+3. **JIT build** with ``torch.utils.cpp_extension.load`` (ninja) into that directory, under a file lock
+   (processes and DDP ranks that need it at once wait for one build and then load it), with one progress line
+   on stderr.
+
+The ``cpu`` extension is built **on first need**: the first op call on CPU tensors whose automatic choice
+reaches the ``cpu`` backend builds it once (about a minute; :func:`ensure`), so a fresh install's
+``fastfer train`` / ``predict`` / model forward run the C++ kernels without any extra command. Entry points call
+``fastfer.ops.prepare`` first so that this wait happens before a progress bar starts, not inside it.
+``FASTFER_EXT_BUILD=never`` turns this off (automatic choice then uses only an extension already built).
+``import fastfer`` compiles nothing, and neither does ``fastfer info`` (it says what would happen). The
+``cuda`` extension builds only when asked (``fastfer build-ext --cuda`` or pinning ``cuda``): on GPUs the
+Triton backend comes first anyway.
 
 When a build cannot happen (no sources, no C++ compiler, no ninja; for ``cuda`` no nvcc or a CPU-only
-torch) or failed (the log is kept in the cache directory), :func:`unavailable_reasons` says why, and the
-backend records report it through ``not_supported_reasons``; nothing crashes.
+torch) or failed (the log is kept in the cache directory), :func:`unavailable_reasons` says why, the backend
+records report it through ``not_supported_reasons``, automatic choice says it once per process on stderr and
+runs the PyTorch reference instead; nothing crashes.
 """
 from __future__ import annotations
 
@@ -39,6 +47,8 @@ from fastfer.ops.backends.ext import sources as cfg
 ENV_DIR = "FASTFER_EXT_DIR"
 OK_MARKER = "build-ok"  # written last, after the module imported: its presence means a complete build
 FAILED_LOG = "build-failed.log"
+ENV_BUILD = "FASTFER_EXT_BUILD"  # "auto" (default): build the cpu extension on first need; "never": do not
+AUTO_BUILD_KINDS = ("cpu",)
 
 
 class ExtensionUnavailable(BackendUnavailable):
@@ -55,6 +65,7 @@ class _State:
         self.prebuilt_note: str | None = None  # why a prebuilt module was not used
         self.prerequisites: list[str] | None = None
         self.digest: str | None = None
+        self.fallback_said = False  # the one line saying why automatic choice runs the reference instead
 
 
 _STATE = {kind: _State() for kind in cfg.KINDS}
@@ -189,10 +200,19 @@ def _try_cache(kind: str) -> ModuleType | None:
         return None
     library = directory / marker.read_text().strip()
     try:
-        return _import_from(library, cfg.JIT_MODULE[kind])
-    except (ImportError, OSError):
-        marker.unlink(missing_ok=True)  # unusable: the next explicit request rebuilds it
+        module = _import_from(library, cfg.JIT_MODULE[kind])
+    except (ImportError, OSError) as exc:  # truncated or corrupt library, or built against another torch
+        _say(f"the cached {kind} extension in {directory} does not load ({str(exc)[:200]}); it will be rebuilt")
+        marker.unlink(missing_ok=True)
         return None
+    built_from = str(getattr(module, "source_digest", "unknown"))
+    if built_from != digest(kind):  # a library copied or left over from other sources: never run it
+        _say(f"the cached {kind} extension in {directory} was built from other sources (digest {built_from}, "
+             f"expected {digest(kind)}); it will be rebuilt")
+        sys.modules.pop(cfg.JIT_MODULE[kind], None)
+        marker.unlink(missing_ok=True)
+        return None
+    return module
 
 
 def loaded(kind: str) -> ModuleType | None:
@@ -228,6 +248,50 @@ def unavailable_reasons(kind: str) -> list[str]:
                        f"{failed}; fix it, then run `fastfer build-ext{' --cuda' if kind == 'cuda' else ''}`")
     note = _STATE[kind].prebuilt_note
     return reasons + ([note] if note and reasons else [])
+
+
+def auto_build_enabled(kind: str) -> bool:
+    """Whether automatic choice may build ``kind`` on first need (``cpu`` unless ``FASTFER_EXT_BUILD=never``)."""
+    setting = os.environ.get(ENV_BUILD, "auto").strip().lower() or "auto"
+    if setting not in ("auto", "never"):
+        raise ValueError(f"${ENV_BUILD}: expected 'auto' or 'never', got {setting!r}")
+    return kind in AUTO_BUILD_KINDS and setting == "auto"
+
+
+def ensure(kind: str) -> bool:
+    """For automatic backend choice: True when ``kind`` is loaded, or was buildable and is built now.
+
+    Builds at most once per process (a failure is recorded in the cache and not retried until the sources
+    change or someone runs ``fastfer build-ext``). When the extension cannot be had, says why once on stderr
+    (the PyTorch reference runs instead) and returns False.
+    """
+    if ready(kind):
+        return True
+    if not auto_build_enabled(kind):
+        return False
+    reasons = unavailable_reasons(kind)
+    if not reasons:
+        try:
+            build(kind)
+            return True
+        except ExtensionUnavailable as exc:
+            reasons = [str(exc).removeprefix("fastfer: ")]
+    say_fallback(kind, reasons)
+    return False
+
+
+def say_fallback(kind: str, reasons: list[str]) -> None:
+    """Once per process: why automatic choice runs the PyTorch reference instead of the ``kind`` kernels."""
+    state = _STATE[kind]
+    if reasons and not state.fallback_said and auto_build_enabled(kind):
+        state.fallback_said = True
+        _say(f"the C++ {kind} kernels are not available ({'; '.join(reasons)}); running the PyTorch reference "
+             "instead")
+
+
+def would_run(kind: str) -> bool:
+    """What :func:`ensure` would answer, without building (``fastfer info``)."""
+    return ready(kind) or (auto_build_enabled(kind) and not unavailable_reasons(kind))
 
 
 def _first_error(log: str) -> str:
@@ -312,7 +376,17 @@ def _jit_build(kind: str, directory: Path, verbose: bool) -> ModuleType:
     ninja = _ninja_dir()
     if ninja and shutil.which("ninja") is None:
         os.environ["PATH"] = ninja + os.pathsep + env_path
-    from torch.utils import cpp_extension
+    import logging
+
+    # torch logs "No CUDA runtime is found, using CUDA_HOME=..." when it is imported on a machine with a CUDA
+    # toolkit but no GPU: noise for a CPU build, which keeps to its one progress line.
+    torch_log = logging.getLogger("torch.utils.cpp_extension")
+    level = torch_log.level
+    torch_log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        torch_log.setLevel(level)
 
     torch_cuda_home = cpp_extension.CUDA_HOME
     if kind == "cuda":
@@ -353,4 +427,5 @@ def describe(kind: str) -> str:
     reasons = unavailable_reasons(kind)
     if reasons:
         return f"{kind}: unavailable: " + "; ".join(reasons)
-    return f"{kind}: not built yet; builds on first explicit use or `fastfer build-ext` into {build_dir(kind)}"
+    when = "the first op call on CPU" if auto_build_enabled(kind) else "first explicit use"
+    return f"{kind}: not built yet; builds on {when} (about a minute, once) or `fastfer build-ext` into {build_dir(kind)}"
