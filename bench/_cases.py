@@ -1,7 +1,7 @@
 """Benchmark shapes (DESIGN §3) and the providers each op is measured with.
 
 Three shape sets: ``gpu`` (the model shapes at B=1 and B=128, fp32/fp16/bf16), ``cpu`` (the same token counts
-at a small batch, fp32 only) and ``smoke`` (tiny shapes so ``pytest bench --benchmark-disable`` checks the
+at B=8, fp32 and bf16) and ``smoke`` (tiny shapes so ``pytest bench --benchmark-disable`` checks the
 harness in seconds). The set in use is picked by :func:`bench._harness.BenchConfig`; the test ids stay the same
 across machines for a given set, so ``--benchmark-compare`` lines runs up by name.
 """
@@ -76,7 +76,7 @@ SMOKE_PATCH = (PatchShape("tiny_app", 16, 4, 12),)
 SETS = {
     # name: (attention shapes, patch shapes, batches, dtypes)
     "gpu": (MODEL_ATTENTION, MODEL_PATCH, (1, 128), (torch.float32, torch.float16, torch.bfloat16)),
-    "cpu": (MODEL_ATTENTION, MODEL_PATCH, (4,), (torch.float32,)),
+    "cpu": (MODEL_ATTENTION, MODEL_PATCH, (8,), (torch.float32, torch.bfloat16)),
     "smoke": (SMOKE_ATTENTION, SMOKE_PATCH, (2,), (torch.float32,)),
 }
 

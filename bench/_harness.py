@@ -7,6 +7,7 @@ Triton JIT, autotuning and ``torch.compile`` happen in warm-up calls outside the
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import time
 from dataclasses import dataclass
@@ -163,6 +164,25 @@ def nvidia_driver() -> str | None:
         return None
 
 
+def cpu_info() -> dict:
+    """The CPU model, core count and the instruction-set flags that decide the CPU kernels' speed."""
+    from fastfer.utils.precision import cpu_features
+
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name") and model in ("unknown", "", "x86_64"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+              "amx_tile", "amx_bf16", "amx_int8")
+    return dict(cpu_model=model, cpu_cores=os.cpu_count(), cpu_flags=[f for f in wanted if f in flags],
+                cpu_native_bf16=sorted(cpu_features() & {"amx_bf16", "avx512_bf16"}))
+
+
 def software_info(device: torch.device) -> dict:
     """Versions and device facts for the benchmark JSON's machine_info."""
     import fastfer
@@ -178,6 +198,8 @@ def software_info(device: torch.device) -> dict:
         # Other processes skew CPU timings: the 1-minute load average when the JSON was written says how much.
         load_avg_1m=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     )
+    if device.type == "cpu":
+        info.update(cpu_info())
     try:
         import triton
 

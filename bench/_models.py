@@ -6,6 +6,9 @@ Providers (what the official-style baseline and the fastfer paths are):
 provider               backend   autocast     compile    CUDA graph
 =====================  ========  ===========  =========  ============
 torch-fp32             torch     –            –          –   (the official-style baseline)
+fused-fp32             fused     –            –          –
+fused-fp32-cl          fused     –            –          –   channels_last model and input
+fused-amp-cl           fused     bf16         –          –   channels_last model and input
 torch-amp              torch     bf16         –          –
 torch-amp-compile      torch     bf16         yes        –
 torch-amp-graphs       torch     bf16         –          inference, CUDA only
@@ -15,8 +18,10 @@ fused-amp-graphs       fused     bf16         –          inference, CUDA only
 =====================  ========  ===========  =========  ============
 
 ``fused`` is the backend fastfer's chooser picks for the device (triton or cuda on a GPU, the C++ cpu
-backend when built); the providers are skipped where it would be the torch reference. AMP uses bf16 on both
-CUDA and CPU (no GradScaler needed).
+backend, built on first need); the providers are skipped where it would be the torch reference. AMP uses bf16
+on both CUDA and CPU (no GradScaler needed); on a CPU without native bf16 (no AMX-BF16 / AVX512-BF16) bf16 is
+emulated and slower than fp32, which is why fastfer's ``amp="auto"`` runs fp32 there: ``fused-fp32-cl`` is
+then what ``fastfer train`` / ``predict`` run, ``fused-amp-cl`` where the CPU has native bf16.
 """
 from __future__ import annotations
 
@@ -29,6 +34,9 @@ import torch.nn.functional as F
 
 PROVIDERS = (
     "torch-fp32",
+    "fused-fp32",
+    "fused-fp32-cl",
+    "fused-amp-cl",
     "torch-amp",
     "torch-amp-compile",
     "torch-amp-graphs",
@@ -50,12 +58,14 @@ class Provider:
     amp: bool
     compile: bool
     graphs: bool
+    channels_last: bool = False
 
     @classmethod
     def parse(cls, name: str) -> "Provider":
         if name not in PROVIDERS:
             raise ValueError(f"provider: expected one of {PROVIDERS}, got {name!r}")
-        return cls(name, name.startswith("fused"), "amp" in name, name.endswith("compile"), name.endswith("graphs"))
+        return cls(name, name.startswith("fused"), "amp" in name, name.endswith("compile"), name.endswith("graphs"),
+                   name.endswith("-cl"))
 
 
 def fused_backend(device: torch.device) -> str:
@@ -109,6 +119,9 @@ def build_runner(model: torch.nn.Module, task: str, provider: Provider, images: 
     if provider.graphs and (task != "infer" or device.type != "cuda"):
         raise NotApplicable("CUDA graphs are benchmarked for inference on a CUDA device only")
     model.train(task == "train")
+    if provider.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
     net = model
     if provider.compile:
         torch._dynamo.reset()

@@ -43,9 +43,24 @@ def pytest_addoption(parser):
         help="keep every round's time in the JSON (default: statistics only, so GPU result files stay small)",
     )
     group.addoption(
+        "--bench-threads", type=int, default=None,
+        help="CPU threads for every case (torch.set_num_threads; the C++ kernels use torch's count). Run once "
+        "with 1 and once with 2 to see how a provider scales; the JSON records it",
+    )
+    group.addoption(
         "--bench-models", default="",
         help="comma-separated model names for bench/test_models.py (default: the family defaults for the device)",
     )
+
+
+def pytest_configure(config):
+    threads = config.getoption("bench_threads", None)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--bench-threads: expected a positive int, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

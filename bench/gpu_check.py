@@ -121,7 +121,7 @@ def step_facts(out_dir: Path, dry_run: bool) -> dict:
     floor = HardwareFloor(device, small=dry_run)
     gemm_dtype = torch.bfloat16
     info.update(copy_gbps=round(floor.copy_gbps, 1), copy_buffer_mib=floor.copy_bytes >> 20,
-                gemm_bf16_tflops=round(floor.gemm_tflops(gemm_dtype), 2))
+                gemm_bf16_tflops=round(floor.gemm_tflops(gemm_dtype), 4))
     (out_dir / "facts.json").write_text(json.dumps(info, indent=1, default=str))
     gpu = f"{info.get('gpu_name', 'CPU')}, {info.get('gpu_sms', '-')} SMs, driver {info.get('nvidia_driver', '-')}"
     return dict(ok=True, summary=[gpu, f"torch {info['torch']}, triton {info['triton']}",

@@ -168,7 +168,8 @@ def header(runs: list[dict]) -> list[str]:
     lines = []
     for run in runs:
         m, floor, bench = run["machine"], run["floor"] or {}, run["bench"]
-        device = m.get("gpu_name") or (m.get("cpu") or {}).get("brand_raw") or m.get("processor") or "?"
+        device = (m.get("gpu_name") or m.get("cpu_model") or (m.get("cpu") or {}).get("brand_raw")
+                  or m.get("processor") or "?")
         threads = m.get("torch_threads")
         lines.append(f"- **{run['run']}** ({run['datetime']}): {device}"
                      + (f", driver {m['nvidia_driver']}" if m.get("nvidia_driver") else "")
@@ -178,6 +179,10 @@ def header(runs: list[dict]) -> list[str]:
                      f"fastfer {m.get('fastfer', '?')} @ {_short_commit(m.get('fastfer_commit'))}; "
                      f"size `{bench.get('size', '?')}`, shapes `{bench.get('shape_set', '?')}`, "
                      f"torch.compile backend `{bench.get('compile_backend', '?')}`")
+        if m.get("cpu_flags") is not None and not m.get("gpu_name"):
+            native = ", ".join(m.get("cpu_native_bf16") or []) or "none (bf16 is emulated: slower than fp32)"
+            lines.append(f"  CPU: {m.get('cpu_cores', '?')} cores, flags {' '.join(m['cpu_flags'])}; native bf16: "
+                         f"{native}")
         if floor:
             gemm = ", ".join(f"{d} {v:g}" for d, v in floor.get("gemm_tflops", {}).items())
             lines.append(f"  measured floor: copy {floor.get('copy_gbps', '?')} GB/s "

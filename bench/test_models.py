@@ -32,7 +32,7 @@ FAMILIES = {
 SMOKE_PROVIDERS = ("torch-fp32", "fused-amp")
 TASK_BATCHES = {  # shape set → (task, batch) cases
     "gpu": (("train", 64), ("infer", 128), ("infer", 1)),
-    "cpu": (("train", 8), ("infer", 8)),
+    "cpu": (("train", 8), ("infer", 8), ("infer", 1)),
     "smoke": (("train", 2), ("infer", 2)),
 }
 
@@ -117,7 +117,7 @@ def test_model(benchmark, bench_config, _release_memory, model_name, task, batch
     benchmark.group = f"model {model_name} {task} B={batch}"
     benchmark.extra_info.update(
         op="model", case=model_name, model=model_name, task=task, batch=batch, provider=provider, backend=backend,
-        dtype="bf16-amp" if spec.amp else "fp32", mode=task, input_size=side,
+        dtype="bf16-amp" if spec.amp else "fp32", mode=task, input_size=side, channels_last=spec.channels_last,
         compile_backend=cfg.compile_backend if spec.compile else None,
         params=sum(p.numel() for p in model.parameters()),
     )

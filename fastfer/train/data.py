@@ -166,6 +166,15 @@ class CachedImages(Dataset):
         return self.images[index], self.targets[index]
 
 
+def _free_cores() -> int:
+    """Cores this process may use (1 when only one: a worker process would then only add start-up time)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return min(cores, 8) if cores > 1 else 0
+
+
 def materialize(dataset: Dataset, workers: int = 0, desc: str = "") -> CachedImages:
     """Decode/draw every sample of an untransformed same-size dataset once (in parallel with ``workers``)."""
     from tqdm.auto import tqdm
@@ -258,8 +267,9 @@ def build_splits(spec: str, data_kwargs: dict, val_fraction: float, val_source: 
         kwargs.setdefault("num_classes", num_classes or 7)
         sets = {s: SyntheticExpressions(s, size=sizes[s], image_size=image_size, **kwargs)
                 for s in ("train", "val", "test")}
-        if cache:
-            sets = {s: materialize(d, workers, f"drawing synthetic {s}") for s, d in sets.items()}
+        if cache:  # drawn before training starts, so every core is free for it (not only the loader's workers)
+            draw = max(workers, _free_cores())
+            sets = {s: materialize(d, draw, f"drawing synthetic {s}") for s, d in sets.items()}
         if val_source == "test":
             val, val_from = sets["test"], "synthetic test split (validation = test)"
         else:
