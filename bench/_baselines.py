@@ -1,4 +1,4 @@
-"""The baselines the fused ops are measured against (DESIGN §3), written the way the official code computes.
+"""The baselines the fused ops are measured against (docs/design.md §5), written the way the official code computes.
 
 - ``atp_eager``: APViT's ``PoolingAttention`` (and EViT's attention): the full (B, H, N, N) logits, softmax,
   attention for **all** N queries, the CLS row of the logits (or of the probabilities), top-k, sort, gather.

@@ -1,4 +1,4 @@
-"""Benchmark shapes (DESIGN §3) and the providers each op is measured with.
+"""Benchmark shapes (docs/design.md §5) and the providers each op is measured with.
 
 Three shape sets: ``gpu`` (the model shapes at B=1 and B=128, fp32/fp16/bf16), ``cpu`` (the same token counts
 at B=8, fp32 and bf16) and ``smoke`` (tiny shapes so ``pytest bench --benchmark-disable`` checks the

@@ -1,6 +1,6 @@
 """Correctness checks run once per benchmark, outside the timed region: every provider must compute the op.
 
-Selections are judged by scores, not by raw indices (specs/kernels.md §7): the kept set must be ascending
+Selections are judged by scores, not by raw indices (docs/kernels.md §7): the kept set must be ascending
 (CLS first for attention) and no dropped position may outscore a kept one by more than the score error of
 the dtype. Values are compared with the fp32 reference evaluated on the provider's own selection.
 """

@@ -1,6 +1,6 @@
 """Session settings, timing and the JSON annotations shared by bench/test_ops.py and bench/test_models.py.
 
-Timing rules (specs/kernels.md §10): pytest-benchmark times with the host clock, so on CUDA every timed call
+Timing rules (docs/kernels.md §10): pytest-benchmark times with the host clock, so on CUDA every timed call
 ends with ``torch.cuda.synchronize()`` (the time includes launch overhead — the relevant cost at these sizes);
 Triton JIT, autotuning and ``torch.compile`` happen in warm-up calls outside the timed rounds.
 """

@@ -1,6 +1,6 @@
 """Work that must be done per op call — bytes that must move and FLOPs that must run — and the hardware floor.
 
-Counts are the algorithmic minimum of the op's contract (DESIGN §2), the same for every provider, so the
+Counts are the algorithmic minimum of the op's contract (docs/design.md §2), the same for every provider, so the
 achieved GB/s and TFLOP/s of a baseline that moves or computes more (eager materialises the N×N logits and
 attends all N queries) read as *useful* throughput. The floor of a call is
 ``max(bytes ÷ copy bandwidth, FLOPs ÷ GEMM rate)`` with both rates measured on the device (bench/conftest);

@@ -1,4 +1,4 @@
-"""Benchmarks of the fused ops against the baselines of DESIGN §3.
+"""Benchmarks of the fused ops against the baselines of docs/design.md §5.
 
 For ``token_pool_attention`` (ATP) and ``patch_pool`` (APP), parametrised over shape (bench/_cases.py), batch,
 dtype, mode (``fwd``; ``fwdbwd`` = forward + d(inputs) through autograd) and provider:

@@ -1,5 +1,5 @@
 """The benchmark harness itself: baselines agree with the reference, the checks catch wrong results, the
-cost model matches specs/kernels.md §9, the model runner works on a toy model, the floor is measured."""
+cost model matches docs/kernels.md §9, the model runner works on a toy model, the floor is measured."""
 import pytest
 import torch
 from torch import nn
@@ -50,7 +50,7 @@ def test_checks_reject_wrong_results():
 
 
 def test_attention_cost_matches_spec_roofline_table():
-    # specs/kernels.md §9: APViT blocks 0-4 (N=161, 8×96, B=128, bf16, no pooling): 10.19 GFLOP, 126.6 MB
+    # docs/kernels.md §9: APViT blocks 0-4 (N=161, 8×96, B=128, bf16, no pooling): 10.19 GFLOP, 126.6 MB
     # of Q, K, V, O; our count adds the CLS row, the scores and the index.
     cost = attention_cost(_cases.AttentionShape("b0", 161, 8, 96, None), 128, torch.bfloat16, "fwd")
     assert cost.flops == pytest.approx(10.19e9, rel=5e-3)
