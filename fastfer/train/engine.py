@@ -113,7 +113,7 @@ class Trainer:
         set_determinism(r.deterministic, self.device)
         torch.manual_seed(r.seed + self.info.rank)
         self.amp = amp_dtype(r.amp, self.device)
-        # channels_last by default: measured on the 2-core CPU, an apvit_tiny train step (B=64, 64²) is 1.24× faster
+        # channels_last by default: measured on the 2-core CPU, the main job's train step (B=64, 64²) is 1.24× faster
         # (oneDNN's convolutions prefer it), and on CUDA cuDNN's do; the numbers are the same math.
         self.channels_last = r.channels_last if r.channels_last is not None else True
         self.main = self.info.is_main
