@@ -8,7 +8,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <type_traits>
+#include <new>
 #include <limits>
 
 #include "kernels.h"
@@ -17,15 +20,9 @@
 #include <omp.h>
 #endif
 
-// Hot loops are compiled three times (AVX-512, AVX2+FMA, baseline x86-64) and the best clone is picked
-// at load time (GCC ifunc). This keeps one binary portable — a prebuilt extension must not assume the
-// build machine's CPU — while the inner loops still run at full vector width. Other compilers/CPUs get
-// the plain build.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
-#define FASTFER_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FASTFER_CPU_CLONES
-#endif
+// Hot loops are compiled once per instruction set (see isa.h: AVX-512, AVX2+FMA, baseline x86-64) and
+// the variant is chosen at run time from the CPU's features, or forced with FASTFER_CPU_KERNELS.
+#include "isa.h"
 
 namespace fastfer {
 namespace cpu {
@@ -59,6 +56,28 @@ inline void dispatch(DType dtype, Fn&& fn) {
 }
 
 inline int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+inline int64_t ceil_div(int64_t n, int64_t d) { return (n + d - 1) / d; }
+
+// fp32 scratch aligned to a cache line (vector loads of 64 bytes then never split a line), zero-filled.
+class Scratch {
+ public:
+  Scratch() = default;
+  explicit Scratch(int64_t count) { resize(count); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() { std::free(data_); }
+  void resize(int64_t count) {
+    std::free(data_);
+    const size_t bytes = static_cast<size_t>(round_up(count < 1 ? 1 : count, 16)) * sizeof(float);
+    data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (data_ == nullptr) throw std::bad_alloc();
+    std::memset(data_, 0, bytes);
+  }
+  float* data() const { return data_; }
+
+ private:
+  float* data_ = nullptr;
+};
 
 // exp(x) in fp32 without libm, so that loops over it vectorise (std::exp does not without -ffast-math,
 // which would also break the NaN semantics the tests check). exp(x) = 2^n · exp(r), n = round(x·log2 e),
