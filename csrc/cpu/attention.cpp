@@ -5,17 +5,20 @@
 //   S = scale·Q Kᵀ,  lse = log Σ_j exp S,  O = exp(S − lse) V
 //   P = exp(S − lse),  dV = Pᵀ dO,  dS = P ∘ (dO Vᵀ − rowsum(dO ∘ O)),  dQ = scale·dS K,  dK = scale·dSᵀ Q
 //
-// Forward, per chunk of images (small enough for the caches, large enough to keep every thread busy):
+// Forward, per chunk of up to 16 images, as one list of tasks claimed in order (no barrier between phases):
 //   1. per (image, head): K (transposed) and V into shared fp32 scratch, converted once; the CLS query row's
 //      logits, softmax and output row — row 0 is always kept, so these logits serve both the scores and
 //      output row 0;
 //   2. per image: scores from the CLS logits of all heads, top-k selection (cls_select.cpp);
 //   3. per (image, head, block of ≤ 48 kept rows): the attention of those rows against the shared K and V.
-// Backward, per chunk: 1. per (image, head) the operands into shared scratch; 2. per (image, head, query
-// block) P and dS (kept in scratch) and dQ of those rows; 3. per (image, head, key block) dK and dV of those
-// keys, each summed over all query rows in a fixed order. So every output element is written by exactly
-// one task, results do not depend on the thread count or schedule, and there are no atomics.
+// Backward: one task per (image, head), claimed dynamically (B·H tasks keep two or four threads balanced,
+// and any finer split would need a barrier or a reduction between query and key blocks), dK and dV summed
+// over the query rows in a fixed order. So every output element is written by exactly one task, results
+// do not depend on the thread count or schedule, and no output is written with atomics.
 // The arithmetic is in attention_impl.h, compiled once per instruction-set variant (isa.h).
+#include <atomic>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include "common.h"
@@ -61,13 +64,8 @@ namespace portable {
 
 namespace {
 
-constexpr int64_t kQueryBlock = 48;  // query rows per task: 3 × 48 = APViT's 144 kept rows
-constexpr int64_t kKeyBlock = 32;    // keys per backward dK/dV task
-
-// Images per chunk: enough (image, head) tasks for every thread to get several in phase 1.
-int64_t chunk_images(int64_t B, int64_t H, int threads) {
-  return std::max<int64_t>(1, std::min<int64_t>(B, ceil_div(8 * static_cast<int64_t>(threads), H)));
-}
+constexpr int64_t kQueryBlock = 48;   // query rows per forward task: 3 × 48 = APViT's 144 kept rows
+constexpr int64_t kChunkImages = 16;  // forward: images whose K/V scratch is live at once (16 × APViT: 17 MB)
 
 // Splits `total` rows into ceil(total / max_block) blocks of a multiple of 8 rows (the last one shorter).
 int64_t block_rows(int64_t total, int64_t max_block) {
@@ -82,53 +80,68 @@ void forward_typed(const ClsSelectArgs& sel, const AttentionForwardArgs& a) {
   const T* qkv = static_cast<const T*>(s.qkv);
   T* out = static_cast<T*>(a.out);
   const int64_t H = s.H, HD = s.H * s.D, M = s.M;
-  const int64_t G = chunk_images(s.B, H, a.threads);
+  const int64_t G = std::min(s.B, kChunkImages);
   // Shared per (image in chunk, head): kt (D × n_pad), v (N × d_pad), l0 (n_pad), lse0 (16).
   const int64_t kt_size = g.D * g.n_pad, v_size = g.N * g.d_pad, head_size = kt_size + v_size + g.n_pad + kLanes;
-  Scratch shared(G * H * head_size);
+  float* const shared = thread_scratch(0, G * H * head_size);
   const int64_t rows_total = M - 1;  // rows 1..M-1; row 0 (CLS) comes from phase 1
   const int64_t rb = block_rows(rows_total, kQueryBlock);
   const int64_t blocks = rows_total > 0 ? ceil_div(rows_total, rb) : 0;
+  // Tasks of a chunk, claimed in order from one counter: first every (image, head) of phase 1, then every
+  // (image, head, query block) of phase 3. The thread that finishes an image's last head runs its
+  // selection (phase 2) and marks it ready; a phase-3 task waits for its image, which only tasks claimed
+  // before it can hold up — so no barrier between the phases (a barrier costs a whole time slice whenever
+  // another process has one of the cores), and no deadlock.
+  const int64_t chunks = ceil_div(s.B, G);
+  std::unique_ptr<std::atomic<int64_t>[]> next(new std::atomic<int64_t>[chunks]);
+  std::unique_ptr<std::atomic<int64_t>[]> heads_done(new std::atomic<int64_t>[s.B]);
+  for (int64_t c = 0; c < chunks; ++c) next[c].store(0);
+  for (int64_t b = 0; b < s.B; ++b) heads_done[b].store(0);
 #pragma omp parallel num_threads(a.threads)
   {
-    Scratch ktmp(g.N * g.d_pad), q(std::max(rb, int64_t{8}) * g.d_pad), sc(8 * g.n_pad), o(8 * g.d_pad);
-    Scratch lse_heads(round_up(H, kLanes));
+    float* const ktmp = thread_scratch(1, g.N * g.d_pad);
+    float* const q = thread_scratch(2, std::max(rb, int64_t{8}) * g.d_pad);
+    float* const sc = thread_scratch(3, 8 * g.n_pad);
+    float* const o = thread_scratch(4, 8 * g.d_pad);
+    float* const lse_heads = thread_scratch(5, H);
     std::vector<int32_t> order(g.N);
     std::vector<uint8_t> kept(g.N);
-    for (int64_t b0 = 0; b0 < s.B; b0 += G) {
-      const int64_t images = std::min(G, s.B - b0);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < images * H; ++t) {
-        const int64_t b = b0 + t / H, h = t % H;
-        float* base = shared.data() + t * head_size;
-        float* lse0 = base + kt_size + v_size + g.n_pad;
-        K::prepare_head(s, qkv + b * s.stride_b + h * s.stride_h, g, base, base + kt_size, base + kt_size + v_size,
-                        lse0, out + b * M * HD + h * s.D, ktmp.data(), q.data(), sc.data(), o.data());
-        a.lse[(b * H + h) * M] = *lse0;
-      }
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < images; ++i) {
-        const int64_t b = b0 + i;
-        const float* first = shared.data() + i * H * head_size;
-        for (int64_t h = 0; h < H; ++h) lse_heads.data()[h] = first[h * head_size + kt_size + v_size + g.n_pad];
-        score_and_select(first + kt_size + v_size, head_size, lse_heads.data(), H, g.N, M, sel.score, sel.select,
-                         sel.cls_scores + b * g.N, sel.index + b * M, order.data(), kept.data());
-      }
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < images * H * blocks; ++t) {
-        const int64_t head = t / blocks, blk = t % blocks;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t b0 = c * G, images = std::min(G, s.B - b0), prepare = images * H;
+      for (int64_t t = next[c]++; t < prepare + images * H * blocks; t = next[c]++) {
+        if (t < prepare) {
+          const int64_t b = b0 + t / H, h = t % H;
+          float* base = shared + t * head_size;
+          float* lse0 = base + kt_size + v_size + g.n_pad;
+          K::prepare_head(s, qkv + b * s.stride_b + h * s.stride_h, g, base, base + kt_size, base + kt_size + v_size,
+                          lse0, out + b * M * HD + h * s.D, ktmp, q, sc, o);
+          a.lse[(b * H + h) * M] = *lse0;
+          if (heads_done[b].fetch_add(1, std::memory_order_acq_rel) == H - 1) {  // the image's last head
+            const float* first = shared + (b - b0) * H * head_size;
+            for (int64_t hh = 0; hh < H; ++hh) lse_heads[hh] = first[hh * head_size + kt_size + v_size + g.n_pad];
+            score_and_select(first + kt_size + v_size, head_size, lse_heads, H, g.N, M, sel.score, sel.select,
+                             sel.cls_scores + b * g.N, sel.index + b * M, order.data(), kept.data());
+            heads_done[b].store(H + 1, std::memory_order_release);
+          }
+          continue;
+        }
+        const int64_t u = t - prepare, head = u / blocks, blk = u % blocks;
         const int64_t b = b0 + head / H, h = head % H;
+        while (heads_done[b].load(std::memory_order_acquire) != H + 1) std::this_thread::yield();
         const int64_t r0 = 1 + blk * rb, count = std::min(rb, M - r0);
         if (count <= 0) continue;
-        const float* base = shared.data() + head * head_size;
+        const float* base = shared + head * head_size;
         K::attend_rows(s, qkv + b * s.stride_b + h * s.stride_h, g, base, base + kt_size, a.index + b * M + r0, count,
-                       out + (b * M + r0) * HD + h * s.D, HD, a.lse + (b * H + h) * M + r0, q.data(), sc.data(),
-                       o.data());
+                       out + (b * M + r0) * HD + h * s.D, HD, a.lse + (b * H + h) * M + r0, q, sc, o);
+      }
+      if (c + 1 < chunks) {
+#pragma omp barrier  // the next chunk reuses the shared scratch
       }
     }
   }
 }
 
+// One task per (image, head), claimed dynamically; each writes only its own head's slots of dqkv.
 template <typename T, typename K>
 void backward_typed(const AttentionBackwardArgs& a) {
   const TokenPoolArgs& s = a.qkv;
@@ -137,43 +150,16 @@ void backward_typed(const AttentionBackwardArgs& a) {
   const T* grad_out = static_cast<const T*>(a.grad_out);
   const T* out = static_cast<const T*>(a.out);
   T* dqkv = static_cast<T*>(a.dqkv);
-  const int64_t H = s.H, HD = s.H * s.D, M = s.M, token_stride = 3 * HD;
-  const int64_t G = chunk_images(s.B, H, a.threads);
-  const int64_t head_size = K::grad_head_floats(g);
-  Scratch shared(G * H * head_size);
-  const int64_t m8 = round_up(M, 8), n8 = round_up(g.N, 8);
-  const int64_t rb = block_rows(m8, kQueryBlock), q_blocks = ceil_div(m8, rb);
-  const int64_t kb = block_rows(n8, kKeyBlock), k_blocks = ceil_div(n8, kb);
+  const int64_t H = s.H, HD = s.H * s.D, M = s.M;
 #pragma omp parallel num_threads(a.threads)
   {
-    Scratch vtmp(g.N * g.d_pad), orow(g.d_pad), dq(8 * g.d_pad), acc(kb * g.d_pad);
-    for (int64_t b0 = 0; b0 < s.B; b0 += G) {
-      const int64_t images = std::min(G, s.B - b0);
+    float* const scratch = thread_scratch(1, K::grad_head_floats(g));
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < images * H; ++t) {
-        const int64_t b = b0 + t / H, h = t % H;
-        const int64_t row0 = b * M * HD + h * s.D;  // (b, 0, h, 0) in the (B, M, H·D) tensors
-        K::prepare_grad_head(s, qkv + b * s.stride_b + h * s.stride_h, a.index + b * M, grad_out + row0, out + row0,
-                             a.lse + (b * H + h) * M, HD, g, K::grad_head_at(shared.data() + t * head_size, g),
-                             dqkv + b * g.N * token_stride + h * s.D, token_stride, vtmp.data(), orow.data());
-      }
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < images * H * q_blocks; ++t) {
-        const int64_t head = t / q_blocks, blk = t % q_blocks;
-        const int64_t b = b0 + head / H, h = head % H;
-        const int64_t r0 = blk * rb, r1 = std::min(m8, r0 + rb);
-        K::grad_rows(g, K::grad_head_at(shared.data() + head * head_size, g), r0, r1, s.scale, a.index + b * M,
-                     dqkv + b * g.N * token_stride + h * s.D, token_stride, dq.data());
-      }
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < images * H * k_blocks; ++t) {
-        const int64_t head = t / k_blocks, blk = t % k_blocks;
-        const int64_t b = b0 + head / H, h = head % H;
-        const int64_t j0 = blk * kb, j1 = std::min(n8, j0 + kb);
-        T* slots = dqkv + b * g.N * token_stride + h * s.D;
-        K::grad_keys(g, K::grad_head_at(shared.data() + head * head_size, g), j0, j1, slots + HD, slots + 2 * HD,
-                     token_stride, acc.data());
-      }
+    for (int64_t t = 0; t < s.B * H; ++t) {
+      const int64_t b = t / H, h = t % H;
+      const int64_t row0 = b * M * HD + h * s.D;  // (b, 0, h, 0) in the (B, M, H·D) tensors
+      K::grad_head(s, qkv + b * s.stride_b + h * s.stride_h, a.index + b * M, grad_out + row0, out + row0,
+                   a.lse + t * M, HD, g, dqkv + b * g.N * 3 * HD + h * s.D, scratch);
     }
   }
 }
@@ -182,15 +168,11 @@ void backward_typed(const AttentionBackwardArgs& a) {
 #define FASTFER_VARIANT(ns)                                                            \
   struct ns##_kernels {                                                                \
     using Dims = ns::Dims;                                                             \
-    using GradHead = ns::GradHead;                                                     \
     static Dims dims_of(const TokenPoolArgs& s) { return ns::dims_of(s); }             \
     static int64_t grad_head_floats(const Dims& g) { return ns::grad_head_floats(g); } \
-    static GradHead grad_head_at(float* p, const Dims& g) { return ns::grad_head_at(p, g); } \
     template <typename... A> static void prepare_head(A&&... x) { ns::prepare_head(x...); } \
     template <typename... A> static void attend_rows(A&&... x) { ns::attend_rows(x...); }   \
-    template <typename... A> static void prepare_grad_head(A&&... x) { ns::prepare_grad_head(x...); } \
-    template <typename... A> static void grad_rows(A&&... x) { ns::grad_rows(x...); }       \
-    template <typename... A> static void grad_keys(A&&... x) { ns::grad_keys(x...); }       \
+    template <typename... A> static void grad_head(A&&... x) { ns::grad_head(x...); }       \
   };
 #if FASTFER_ISA_VARIANTS
 FASTFER_VARIANT(avx512)

@@ -64,69 +64,49 @@ FASTFER_ISA_ATTR void attend_rows(const TokenPoolArgs& s, const T* head, const D
 
 // ---- backward -----------------------------------------------------------------------------------------
 
-// Shared fp32 scratch of one head in the backward (offsets into one buffer; all multiples of 16 floats).
+constexpr int64_t kChunkRows = 128;  // query rows whose P and dS are kept at once
+
+// fp32 scratch of one (image, head) backward task (offsets into one buffer; all multiples of 16 floats).
 struct GradHead {
-  float *qs, *d_o, *lse, *delta, *k, *kt, *vt, *p, *ds;
+  float *qs, *d_o, *lse, *delta, *k, *kt, *vt, *vtmp, *orow, *dq, *dk, *dv, *p, *ds;
 };
 
 inline int64_t grad_head_floats(const Dims& g) {
-  const int64_t m8 = round_up(g.M, 8);
-  return 2 * m8 * g.d_pad + 2 * round_up(m8, kLanes) + g.N * g.d_pad + 2 * g.D * g.n_pad + 2 * m8 * g.n_pad;
+  const int64_t m8 = round_up(g.M, 8), n8 = round_up(g.N, 8), m16 = round_up(m8, kLanes);
+  return 2 * m8 * g.d_pad + 2 * m16 + 2 * g.N * g.d_pad + 2 * g.D * g.n_pad + 9 * g.d_pad + 2 * n8 * g.d_pad +
+         2 * kChunkRows * g.n_pad;
 }
 
 inline GradHead grad_head_at(float* base, const Dims& g) {
-  const int64_t m8 = round_up(g.M, 8);
+  const int64_t m8 = round_up(g.M, 8), n8 = round_up(g.N, 8), m16 = round_up(m8, kLanes);
   GradHead t;
   t.qs = base;
   t.d_o = t.qs + m8 * g.d_pad;
   t.lse = t.d_o + m8 * g.d_pad;
-  t.delta = t.lse + round_up(m8, kLanes);
-  t.k = t.delta + round_up(m8, kLanes);
+  t.delta = t.lse + m16;
+  t.k = t.delta + m16;
   t.kt = t.k + g.N * g.d_pad;
   t.vt = t.kt + g.D * g.n_pad;
-  t.p = t.vt + g.D * g.n_pad;
-  t.ds = t.p + m8 * g.n_pad;
+  t.vtmp = t.vt + g.D * g.n_pad;
+  t.orow = t.vtmp + g.N * g.d_pad;
+  t.dq = t.orow + g.d_pad;
+  t.dk = t.dq + 8 * g.d_pad;
+  t.dv = t.dk + n8 * g.d_pad;
+  t.p = t.dv + n8 * g.d_pad;
+  t.ds = t.p + kChunkRows * g.n_pad;
   return t;
 }
 
-// Phase 1 of the backward for one (image, head): scaled Q rows, dO, δ = rowsum(dO ∘ O), lse (padding rows
-// +inf: their P, and every contribution, is 0), K, Kᵀ, Vᵀ; and zero dq of every token (phase 2 then writes
-// the kept rows). vtmp: N × d_pad, orow: d_pad thread scratch.
+// Query rows [r0, r1) (multiples of 8) of the chunk starting at row c0: P = exp(S − lse) and
+// dS = P ∘ (dO Vᵀ − δ) into the chunk buffers, and dq = scale · dS K for the real rows among them, written
+// to dq_slot0 + positions[i]·token_stride.
 template <typename T>
-FASTFER_ISA_ATTR void prepare_grad_head(const TokenPoolArgs& s, const T* head, const int64_t* rows, const T* grad_out,
-                                        const T* out, const float* lse_in, int64_t HD, const Dims& g,
-                                        const GradHead& t, T* dq_slot0, int64_t token_stride, float* vtmp,
-                                        float* orow) {
-  const int64_t m8 = round_up(g.M, 8);
-  load_rows(head, s.stride_n, s.stride_d, rows, g.M, g.D, s.scale, t.qs, g.d_pad, m8);
-  load_rows(grad_out, HD, 1, nullptr, g.M, g.D, 1.0f, t.d_o, g.d_pad, m8);
-  for (int64_t i = 0; i < m8; ++i) {
-    float acc = 0.0f;
-    if (i < g.M) {
-      convert_in(out + i * HD, g.D, 1.0f, orow);
-      const float* d_o = t.d_o + i * g.d_pad;
-      for (int64_t d = 0; d < g.D; ++d) acc += d_o[d] * orow[d];
-    }
-    t.delta[i] = acc;
-    t.lse[i] = i < g.M ? lse_in[i] : kInf;
-  }
-  load_rows(head + s.stride_3, s.stride_n, s.stride_d, nullptr, g.N, g.D, 1.0f, t.k, g.d_pad, g.N);
-  transpose(t.k, g.N, g.D, g.d_pad, t.kt, g.n_pad);
-  load_rows(head + 2 * s.stride_3, s.stride_n, s.stride_d, nullptr, g.N, g.D, 1.0f, vtmp, g.d_pad, g.N);
-  transpose(vtmp, g.N, g.D, g.d_pad, t.vt, g.n_pad);
-  for (int64_t j = 0; j < g.N; ++j) std::fill(dq_slot0 + j * token_stride, dq_slot0 + j * token_stride + g.D, T(0.0f));
-}
-
-// Phase 2: query rows [r0, r1) of the padded rows (multiples of 8): P = exp(S − lse) and
-// dS = P ∘ (dO Vᵀ − δ) into the head's scratch, and dq = scale · dS K for the real rows among them, written
-// to dq_slot0 + positions[i]·token_stride. dq: 8 × d_pad thread scratch.
-template <typename T>
-FASTFER_ISA_ATTR void grad_rows(const Dims& g, const GradHead& t, int64_t r0, int64_t r1, float scale,
-                                const int64_t* positions, T* dq_slot0, int64_t token_stride, float* dq) {
+FASTFER_VI void grad_rows(const Dims& g, const GradHead& t, int64_t c0, int64_t r0, int64_t r1, float scale,
+                          const int64_t* positions, T* dq_slot0, int64_t token_stride) {
   constexpr int kGroup = 8;
   for (int64_t g0 = r0; g0 < r1; g0 += kGroup) {
-    float* p = t.p + g0 * g.n_pad;
-    float* ds = t.ds + g0 * g.n_pad;
+    float* p = t.p + (g0 - c0) * g.n_pad;
+    float* ds = t.ds + (g0 - c0) * g.n_pad;
     for (int rr = 0; rr < kGroup; rr += kR) {
       rows_a_bt<kR>(t.qs + (g0 + rr) * g.d_pad, g.d_pad, t.kt, g.n_pad, g.D, g.n_pad, p + rr * g.n_pad, g.n_pad);
       rows_a_bt<kR>(t.d_o + (g0 + rr) * g.d_pad, g.d_pad, t.vt, g.n_pad, g.D, g.n_pad, ds + rr * g.n_pad, g.n_pad);
@@ -143,25 +123,53 @@ FASTFER_ISA_ATTR void grad_rows(const Dims& g, const GradHead& t, int64_t r0, in
       for (int64_t j = g.N; j < g.n_pad; ++j) p_row[j] = ds_row[j] = 0.0f;  // padding keys
     }
     for (int rr = 0; rr < kGroup; rr += kR)
-      rows_p_v<kR>(ds + rr * g.n_pad, g.n_pad, t.k, g.d_pad, g.N, g.d_pad, dq + rr * g.d_pad, g.d_pad);
+      rows_p_v<kR>(ds + rr * g.n_pad, g.n_pad, t.k, g.d_pad, g.N, g.d_pad, t.dq + rr * g.d_pad, g.d_pad);
     for (int r = 0; r < kGroup && g0 + r < g.M; ++r)
-      convert_out(dq + r * g.d_pad, g.D, scale, dq_slot0 + positions[g0 + r] * token_stride);
+      convert_out(t.dq + r * g.d_pad, g.D, scale, dq_slot0 + positions[g0 + r] * token_stride);
   }
 }
 
-// Phase 3: keys [j0, j1) (multiples of 8): dV = Pᵀ dO and dK = dSᵀ (scale·Q) summed over all padded query
-// rows in order, written to the v and k slots of tokens j < N. acc: (j1 − j0) × d_pad thread scratch.
+// The backward of one (image, head): d(q, k, v) of the head written to slots (the q slot of token 0 of
+// this image and head in the contiguous (B, N, 3, H, D) dqkv; k and v slots follow at +HD, +2·HD). Query
+// rows go in chunks of kChunkRows: P and dS of a chunk are kept so that dK and dV accumulate over the whole
+// chunk with their tiles in registers, in a fixed row order (no dependence on threads). scratch:
+// grad_head_floats(g) floats.
 template <typename T>
-FASTFER_ISA_ATTR void grad_keys(const Dims& g, const GradHead& t, int64_t j0, int64_t j1, T* dk_slot0, T* dv_slot0,
-                                int64_t token_stride, float* acc) {
-  const int64_t m8 = round_up(g.M, 8);
-  for (int pass = 0; pass < 2; ++pass) {
-    const float* w = pass == 0 ? t.p : t.ds;
-    const float* x = pass == 0 ? t.d_o : t.qs;
-    T* dst = pass == 0 ? dv_slot0 : dk_slot0;
-    for (int64_t j = j0; j < j1; j += kR)
-      keys_pt_x<kR>(w + j, g.n_pad, x, g.d_pad, m8, g.d_pad, acc + (j - j0) * g.d_pad, g.d_pad);
-    for (int64_t j = j0; j < j1 && j < g.N; ++j)
-      convert_out(acc + (j - j0) * g.d_pad, g.D, 1.0f, dst + j * token_stride);
+FASTFER_ISA_ATTR void grad_head(const TokenPoolArgs& s, const T* head, const int64_t* rows, const T* grad_out,
+                                const T* out, const float* lse_in, int64_t HD, const Dims& g, T* slots,
+                                float* scratch) {
+  const GradHead t = grad_head_at(scratch, g);
+  const int64_t m8 = round_up(g.M, 8), n8 = round_up(g.N, 8), token_stride = 3 * HD;
+  load_rows(head, s.stride_n, s.stride_d, rows, g.M, g.D, s.scale, t.qs, g.d_pad, m8);
+  load_rows(grad_out, HD, 1, nullptr, g.M, g.D, 1.0f, t.d_o, g.d_pad, m8);
+  for (int64_t i = 0; i < m8; ++i) {  // δ = rowsum(dO ∘ O); padding rows get lse = +inf, hence P = 0
+    float acc = 0.0f;
+    if (i < g.M) {
+      convert_in(out + i * HD, g.D, 1.0f, t.orow);
+      const float* d_o = t.d_o + i * g.d_pad;
+      for (int64_t d = 0; d < g.D; ++d) acc += d_o[d] * t.orow[d];
+    }
+    t.delta[i] = acc;
+    t.lse[i] = i < g.M ? lse_in[i] : kInf;
+  }
+  load_rows(head + s.stride_3, s.stride_n, s.stride_d, nullptr, g.N, g.D, 1.0f, t.k, g.d_pad, g.N);
+  transpose(t.k, g.N, g.D, g.d_pad, t.kt, g.n_pad);
+  load_rows(head + 2 * s.stride_3, s.stride_n, s.stride_d, nullptr, g.N, g.D, 1.0f, t.vtmp, g.d_pad, g.N);
+  transpose(t.vtmp, g.N, g.D, g.d_pad, t.vt, g.n_pad);
+  std::fill(t.dk, t.dk + 2 * n8 * g.d_pad, 0.0f);  // dk, dv
+  for (int64_t j = 0; j < g.N; ++j) std::fill(slots + j * token_stride, slots + j * token_stride + g.D, T(0.0f));
+  for (int64_t c0 = 0; c0 < m8; c0 += kChunkRows) {
+    const int64_t c1 = std::min(m8, c0 + kChunkRows);
+    grad_rows(g, t, c0, c0, c1, s.scale, rows, slots, token_stride);
+    for (int64_t j = 0; j < n8; j += kR) {
+      keys_pt_x<kR>(t.p + j, g.n_pad, t.d_o + c0 * g.d_pad, g.d_pad, c1 - c0, g.d_pad, t.dv + j * g.d_pad, g.d_pad);
+      keys_pt_x<kR>(t.ds + j, g.n_pad, t.qs + c0 * g.d_pad, g.d_pad, c1 - c0, g.d_pad, t.dk + j * g.d_pad, g.d_pad);
+    }
+  }
+  for (int64_t j = 0; j < g.N; ++j) {
+    convert_out(t.dk + j * g.d_pad, g.D, 1.0f, slots + j * token_stride + HD);
+    convert_out(t.dv + j * g.d_pad, g.D, 1.0f, slots + j * token_stride + 2 * HD);
   }
 }
+
+#undef FASTFER_VI

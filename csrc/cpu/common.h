@@ -58,26 +58,33 @@ inline void dispatch(DType dtype, Fn&& fn) {
 inline int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 inline int64_t ceil_div(int64_t n, int64_t d) { return (n + d - 1) / d; }
 
-// fp32 scratch aligned to a cache line (vector loads of 64 bytes then never split a line), zero-filled.
-class Scratch {
- public:
-  Scratch() = default;
-  explicit Scratch(int64_t count) { resize(count); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  ~Scratch() { std::free(data_); }
-  void resize(int64_t count) {
-    std::free(data_);
-    const size_t bytes = static_cast<size_t>(round_up(count < 1 ? 1 : count, 16)) * sizeof(float);
-    data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
-    if (data_ == nullptr) throw std::bad_alloc();
-    std::memset(data_, 0, bytes);
+// Grow-only fp32 scratch of the calling thread, kept between kernel calls and aligned to a cache line
+// (vector loads then never split a line). Page-faulting and clearing fresh megabytes on every call cost
+// more than some kernels' arithmetic. `slot` names the buffer (several are live at once; slot 0 is the
+// one the calling thread shares with the OpenMP team, 1.. are per-thread). Contents are unspecified:
+// callers write before they read, padding included.
+inline float* thread_scratch(int slot, int64_t count) {
+  constexpr int kSlots = 8;
+  struct Buffers {
+    float* data[kSlots] = {};
+    int64_t size[kSlots] = {};
+    ~Buffers() {
+      for (float* p : data) std::free(p);
+    }
+  };
+  thread_local Buffers buffers;
+  if (buffers.size[slot] < count) {
+    std::free(buffers.data[slot]);
+    buffers.data[slot] = nullptr;
+    buffers.size[slot] = 0;
+    const int64_t floats = round_up(count, 16);
+    float* p = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(floats) * sizeof(float)));
+    if (p == nullptr) throw std::bad_alloc();
+    buffers.data[slot] = p;
+    buffers.size[slot] = floats;
   }
-  float* data() const { return data_; }
-
- private:
-  float* data_ = nullptr;
-};
+  return buffers.data[slot];
+}
 
 // exp(x) in fp32 without libm, so that loops over it vectorise (std::exp does not without -ffast-math,
 // which would also break the NaN semantics the tests check). exp(x) = 2^n · exp(r), n = round(x·log2 e),

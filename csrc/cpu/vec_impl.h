@@ -95,9 +95,10 @@ FASTFER_VI void load_rows(const T* src, int64_t stride_n, int64_t stride_d, cons
   }
 }
 
-// dst[c][r] = src[r][c] for r < rows, c < cols (fp32 scratch). Blocks of 16 rows keep the writes within a
-// few cache lines; the strided reads then come from L1.
+// dst[c][r] = src[r][c] for r < rows, c < cols, and dst[c][rows..ld_dst) = 0 (fp32 scratch). Blocks of 16
+// rows keep the writes within a few cache lines; the strided reads then come from L1.
 FASTFER_VI void transpose(const float* src, int64_t rows, int64_t cols, int64_t ld_src, float* dst, int64_t ld_dst) {
+  for (int64_t c = 0; c < cols; ++c) std::fill(dst + c * ld_dst + rows, dst + (c + 1) * ld_dst, 0.0f);
   constexpr int64_t kBlock = 16;
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
     const int64_t r1 = std::min(rows, r0 + kBlock);
@@ -239,7 +240,7 @@ FASTFER_VI void rows_p_v(const float* p, int64_t ldp, const float* v, int64_t ld
   if (c < width) tile_p_v<R, 1>(p, ldp, v + c, ldv, keys, o + c, ldo);
 }
 
-// acc[j][0..16·CV) = Σ_{r<rows} p[r][j] · x[r][0..16·CV)  for j < K   (dV = Pᵀ dO, dK = dSᵀ Q)
+// acc[j][0..16·CV) += Σ_{r<rows} p[r][j] · x[r][0..16·CV)  for j < K   (dV += Pᵀ dO, dK += dSᵀ Q)
 template <int K, int CV>
 FASTFER_VI void tile_pt_x(const float* p, int64_t ldp, const float* x, int64_t ldx, int64_t rows, float* acc_out,
                           int64_t ld_acc) {
@@ -247,7 +248,7 @@ FASTFER_VI void tile_pt_x(const float* p, int64_t ldp, const float* x, int64_t l
 #pragma GCC unroll 16
   for (int k = 0; k < K; ++k)
 #pragma GCC unroll 4
-    for (int c = 0; c < CV; ++c) acc[k][c] = vf16{};
+    for (int c = 0; c < CV; ++c) acc[k][c] = FASTFER_VLOAD(acc_out + k * ld_acc + c * kLanes);
   for (int64_t r = 0; r < rows; ++r) {
     vf16 b[CV];
 #pragma GCC unroll 4
@@ -273,4 +274,3 @@ FASTFER_VI void keys_pt_x(const float* p, int64_t ldp, const float* x, int64_t l
   if (c < width) tile_pt_x<K, 1>(p, ldp, x + c, ldx, rows, acc + c, ld_acc);
 }
 
-#undef FASTFER_VI
