@@ -81,8 +81,8 @@ void forward_typed(const ClsSelectArgs& sel, const AttentionForwardArgs& a) {
   T* out = static_cast<T*>(a.out);
   const int64_t H = s.H, HD = s.H * s.D, M = s.M;
   const int64_t G = std::min(s.B, kChunkImages);
-  // Shared per (image in chunk, head): kt (D × n_pad), v (N × d_pad), l0 (n_pad), lse0 (16).
-  const int64_t kt_size = g.D * g.n_pad, v_size = g.N * g.d_pad, head_size = kt_size + v_size + g.n_pad + kLanes;
+  // Shared per (image in chunk, head): kt (d_pad × n_pad), v (N × d_pad), l0 (n_pad), lse0 (16).
+  const int64_t kt_size = g.d_pad * g.n_pad, v_size = g.N * g.d_pad, head_size = kt_size + v_size + g.n_pad + kLanes;
   float* const shared = thread_scratch(0, G * H * head_size);
   const int64_t rows_total = M - 1;  // rows 1..M-1; row 0 (CLS) comes from phase 1
   const int64_t rb = block_rows(rows_total, kQueryBlock);
@@ -92,6 +92,11 @@ void forward_typed(const ClsSelectArgs& sel, const AttentionForwardArgs& a) {
   // selection (phase 2) and marks it ready; a phase-3 task waits for its image, which only tasks claimed
   // before it can hold up — so no barrier between the phases (a barrier costs a whole time slice whenever
   // another process has one of the cores), and no deadlock.
+  const bool in_place = K::template v_in_place<T>(s, g);
+  const int64_t ldv = in_place ? s.stride_n : g.d_pad;
+  const auto v_of = [&](const T* head, const float* base) -> const float* {
+    return in_place ? reinterpret_cast<const float*>(head + 2 * s.stride_3) : base + kt_size;
+  };
   const int64_t chunks = ceil_div(s.B, G);
   std::unique_ptr<std::atomic<int64_t>[]> next(new std::atomic<int64_t>[chunks]);
   std::unique_ptr<std::atomic<int64_t>[]> heads_done(new std::atomic<int64_t>[s.B]);
@@ -113,8 +118,9 @@ void forward_typed(const ClsSelectArgs& sel, const AttentionForwardArgs& a) {
           const int64_t b = b0 + t / H, h = t % H;
           float* base = shared + t * head_size;
           float* lse0 = base + kt_size + v_size + g.n_pad;
-          K::prepare_head(s, qkv + b * s.stride_b + h * s.stride_h, g, base, base + kt_size, base + kt_size + v_size,
-                          lse0, out + b * M * HD + h * s.D, ktmp, q, sc, o);
+          const T* head = qkv + b * s.stride_b + h * s.stride_h;
+          K::prepare_head(s, head, g, base, v_of(head, base), ldv, base + kt_size + v_size, lse0,
+                          out + b * M * HD + h * s.D, ktmp, q, sc, o);
           a.lse[(b * H + h) * M] = *lse0;
           if (heads_done[b].fetch_add(1, std::memory_order_acq_rel) == H - 1) {  // the image's last head
             const float* first = shared + (b - b0) * H * head_size;
@@ -131,7 +137,8 @@ void forward_typed(const ClsSelectArgs& sel, const AttentionForwardArgs& a) {
         const int64_t r0 = 1 + blk * rb, count = std::min(rb, M - r0);
         if (count <= 0) continue;
         const float* base = shared + head * head_size;
-        K::attend_rows(s, qkv + b * s.stride_b + h * s.stride_h, g, base, base + kt_size, a.index + b * M + r0, count,
+        const T* head_in = qkv + b * s.stride_b + h * s.stride_h;
+        K::attend_rows(s, head_in, g, base, v_of(head_in, base), ldv, a.index + b * M + r0, count,
                        out + (b * M + r0) * HD + h * s.D, HD, a.lse + (b * H + h) * M + r0, q, sc, o);
       }
       if (c + 1 < chunks) {
@@ -170,6 +177,7 @@ void backward_typed(const AttentionBackwardArgs& a) {
     using Dims = ns::Dims;                                                             \
     static Dims dims_of(const TokenPoolArgs& s) { return ns::dims_of(s); }             \
     static int64_t grad_head_floats(const Dims& g) { return ns::grad_head_floats(g); } \
+    template <typename T> static bool v_in_place(const TokenPoolArgs& s, const Dims& g) { return ns::v_in_place<T>(s, g); } \
     template <typename... A> static void prepare_head(A&&... x) { ns::prepare_head(x...); } \
     template <typename... A> static void attend_rows(A&&... x) { ns::attend_rows(x...); }   \
     template <typename... A> static void grad_head(A&&... x) { ns::grad_head(x...); }       \

@@ -18,21 +18,32 @@ inline Dims dims_of(const TokenPoolArgs& s) {
 
 // ---- forward ------------------------------------------------------------------------------------------
 
-// Phase 1 of the forward for one (image, head): K (transposed: kt, D × n_pad) and V (v, N × d_pad) into
+// fp32 V rows with a contiguous head dimension that fills whole vectors are read in place from qkv (the
+// P·V tiles take a row stride); anything else is converted into scratch first.
+template <typename T>
+inline bool v_in_place(const TokenPoolArgs& s, const Dims& g) {
+  return std::is_same<T, float>::value && s.stride_d == 1 && g.D == g.d_pad;
+}
+
+// Phase 1 of the forward for one (image, head): K (transposed: kt, d_pad × n_pad) and V (v, N × d_pad) into
 // the head's shared fp32 scratch, and the CLS row: logits l0 (n_pad; kept for the scores), its output row
 // (out_row0, D elements of T) and log-sum-exp (*lse0). ktmp: N × d_pad, q0: d_pad, srow: n_pad, o0: d_pad.
+// v: the scratch, or (v_in_place) V's rows in qkv with row stride ldv, left as they are.
 template <typename T>
-FASTFER_ISA_ATTR void prepare_head(const TokenPoolArgs& s, const T* head, const Dims& g, float* kt, float* v, float* l0,
-                                   float* lse0, T* out_row0, float* ktmp, float* q0, float* srow, float* o0) {
+FASTFER_ISA_ATTR void prepare_head(const TokenPoolArgs& s, const T* head, const Dims& g, float* kt, const float* v,
+                                   int64_t ldv, float* l0, float* lse0, T* out_row0, float* ktmp, float* q0,
+                                   float* srow, float* o0) {
   load_rows(head + s.stride_3, s.stride_n, s.stride_d, nullptr, g.N, g.D, 1.0f, ktmp, g.d_pad, g.N);
-  transpose(ktmp, g.N, g.D, g.d_pad, kt, g.n_pad);
-  load_rows(head + 2 * s.stride_3, s.stride_n, s.stride_d, nullptr, g.N, g.D, 1.0f, v, g.d_pad, g.N);
+  transpose(ktmp, g.N, g.n_pad, g.d_pad, g.d_pad, kt, g.n_pad);
+  if (!v_in_place<T>(s, g))
+    load_rows(head + 2 * s.stride_3, s.stride_n, s.stride_d, nullptr, g.N, g.D, 1.0f, const_cast<float*>(v), g.d_pad,
+              g.N);
   load_rows(head, s.stride_n, s.stride_d, nullptr, 1, g.D, s.scale, q0, g.d_pad, 1);
   rows_a_bt<1>(q0, g.d_pad, kt, g.n_pad, g.D, g.n_pad, l0, g.n_pad);
   std::memcpy(srow, l0, g.n_pad * sizeof(float));
   float row_max, row_sum;
   softmax_row(srow, g.N, g.n_pad, &row_max, &row_sum);
-  rows_p_v<1>(srow, g.n_pad, v, g.d_pad, g.N, g.d_pad, o0, g.d_pad);
+  rows_p_v<1>(srow, g.n_pad, v, ldv, g.N, g.d_pad, o0, g.d_pad);
   convert_out(o0, g.D, 1.0f / row_sum, out_row0);
   *lse0 = row_max + std::log(row_sum);
 }
@@ -43,7 +54,7 @@ FASTFER_ISA_ATTR void prepare_head(const TokenPoolArgs& s, const T* head, const 
 // product through the softmax to P·V.
 template <typename T>
 FASTFER_ISA_ATTR void attend_rows(const TokenPoolArgs& s, const T* head, const Dims& g, const float* kt,
-                                  const float* v, const int64_t* rows, int64_t count, T* out, int64_t out_stride,
+                                  const float* v, int64_t ldv, const int64_t* rows, int64_t count, T* out, int64_t out_stride,
                                   float* lse, float* q, float* sc, float* o) {
   constexpr int kGroup = 8;
   const int64_t total = round_up(count, kGroup);
@@ -54,7 +65,7 @@ FASTFER_ISA_ATTR void attend_rows(const TokenPoolArgs& s, const T* head, const D
     float row_max[kGroup], row_sum[kGroup];
     for (int r = 0; r < kGroup; ++r) softmax_row(sc + r * g.n_pad, g.N, g.n_pad, &row_max[r], &row_sum[r]);
     for (int r0 = 0; r0 < kGroup; r0 += kR)
-      rows_p_v<kR>(sc + r0 * g.n_pad, g.n_pad, v, g.d_pad, g.N, g.d_pad, o + r0 * g.d_pad, g.d_pad);
+      rows_p_v<kR>(sc + r0 * g.n_pad, g.n_pad, v, ldv, g.N, g.d_pad, o + r0 * g.d_pad, g.d_pad);
     for (int r = 0; r < kGroup && g0 + r < count; ++r) {
       convert_out(o + r * g.d_pad, g.D, 1.0f / row_sum[r], out + (g0 + r) * out_stride);
       lse[g0 + r] = row_max[r] + std::log(row_sum[r]);
@@ -73,7 +84,7 @@ struct GradHead {
 
 inline int64_t grad_head_floats(const Dims& g) {
   const int64_t m8 = round_up(g.M, 8), n8 = round_up(g.N, 8), m16 = round_up(m8, kLanes);
-  return 2 * m8 * g.d_pad + 2 * m16 + 2 * g.N * g.d_pad + 2 * g.D * g.n_pad + 9 * g.d_pad + 2 * n8 * g.d_pad +
+  return 2 * m8 * g.d_pad + 2 * m16 + 2 * g.N * g.d_pad + 2 * g.d_pad * g.n_pad + 9 * g.d_pad + 2 * n8 * g.d_pad +
          2 * kChunkRows * g.n_pad;
 }
 
@@ -86,8 +97,8 @@ inline GradHead grad_head_at(float* base, const Dims& g) {
   t.delta = t.lse + m16;
   t.k = t.delta + m16;
   t.kt = t.k + g.N * g.d_pad;
-  t.vt = t.kt + g.D * g.n_pad;
-  t.vtmp = t.vt + g.D * g.n_pad;
+  t.vt = t.kt + g.d_pad * g.n_pad;
+  t.vtmp = t.vt + g.d_pad * g.n_pad;
   t.orow = t.vtmp + g.N * g.d_pad;
   t.dq = t.orow + g.d_pad;
   t.dk = t.dq + 8 * g.d_pad;
@@ -153,9 +164,9 @@ FASTFER_ISA_ATTR void grad_head(const TokenPoolArgs& s, const T* head, const int
     t.lse[i] = i < g.M ? lse_in[i] : kInf;
   }
   load_rows(head + s.stride_3, s.stride_n, s.stride_d, nullptr, g.N, g.D, 1.0f, t.k, g.d_pad, g.N);
-  transpose(t.k, g.N, g.D, g.d_pad, t.kt, g.n_pad);
+  transpose(t.k, g.N, g.n_pad, g.d_pad, g.d_pad, t.kt, g.n_pad);
   load_rows(head + 2 * s.stride_3, s.stride_n, s.stride_d, nullptr, g.N, g.D, 1.0f, t.vtmp, g.d_pad, g.N);
-  transpose(t.vtmp, g.N, g.D, g.d_pad, t.vt, g.n_pad);
+  transpose(t.vtmp, g.N, g.n_pad, g.d_pad, g.d_pad, t.vt, g.n_pad);
   std::fill(t.dk, t.dk + 2 * n8 * g.d_pad, 0.0f);  // dk, dv
   for (int64_t j = 0; j < g.N; ++j) std::fill(slots + j * token_stride, slots + j * token_stride + g.D, T(0.0f));
   for (int64_t c0 = 0; c0 < m8; c0 += kChunkRows) {

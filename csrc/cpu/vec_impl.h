@@ -95,16 +95,48 @@ FASTFER_VI void load_rows(const T* src, int64_t stride_n, int64_t stride_d, cons
   }
 }
 
-// dst[c][r] = src[r][c] for r < rows, c < cols, and dst[c][rows..ld_dst) = 0 (fp32 scratch). Blocks of 16
-// rows keep the writes within a few cache lines; the strided reads then come from L1.
-FASTFER_VI void transpose(const float* src, int64_t rows, int64_t cols, int64_t ld_src, float* dst, int64_t ld_dst) {
-  for (int64_t c = 0; c < cols; ++c) std::fill(dst + c * ld_dst + rows, dst + (c + 1) * ld_dst, 0.0f);
-  constexpr int64_t kBlock = 16;
-  for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
-    const int64_t r1 = std::min(rows, r0 + kBlock);
-    for (int64_t c = 0; c < cols; ++c) {
-      float* out = dst + c * ld_dst;
-      for (int64_t r = r0; r < r1; ++r) out[r] = src[r * ld_src + c];
+// One step of a 16 × 16 transpose in registers: swaps the off-diagonal B × B blocks of every 2B × 2B block.
+// Transposing swaps the bits of the row and column index; the steps B = 8, 4, 2, 1 swap one bit each.
+// new[i][p] = p & B ? m[i+B][p−B] : m[i][p],  new[i+B][p] = p & B ? m[i+B][p] : m[i][p+B]  (i & B = 0)
+template <int B>
+FASTFER_VI void transpose_step(vf16* m) {
+  constexpr vi16 lo = {(0 & B) ? 16 + 0 - B : 0,     (1 & B) ? 16 + 1 - B : 1,     (2 & B) ? 16 + 2 - B : 2,
+                       (3 & B) ? 16 + 3 - B : 3,     (4 & B) ? 16 + 4 - B : 4,     (5 & B) ? 16 + 5 - B : 5,
+                       (6 & B) ? 16 + 6 - B : 6,     (7 & B) ? 16 + 7 - B : 7,     (8 & B) ? 16 + 8 - B : 8,
+                       (9 & B) ? 16 + 9 - B : 9,     (10 & B) ? 16 + 10 - B : 10, (11 & B) ? 16 + 11 - B : 11,
+                       (12 & B) ? 16 + 12 - B : 12, (13 & B) ? 16 + 13 - B : 13, (14 & B) ? 16 + 14 - B : 14,
+                       (15 & B) ? 16 + 15 - B : 15};
+  constexpr vi16 hi = {(0 & B) ? 16 + 0 : 0 + B,     (1 & B) ? 16 + 1 : 1 + B,     (2 & B) ? 16 + 2 : 2 + B,
+                       (3 & B) ? 16 + 3 : 3 + B,     (4 & B) ? 16 + 4 : 4 + B,     (5 & B) ? 16 + 5 : 5 + B,
+                       (6 & B) ? 16 + 6 : 6 + B,     (7 & B) ? 16 + 7 : 7 + B,     (8 & B) ? 16 + 8 : 8 + B,
+                       (9 & B) ? 16 + 9 : 9 + B,     (10 & B) ? 16 + 10 : 10 + B, (11 & B) ? 16 + 11 : 11 + B,
+                       (12 & B) ? 16 + 12 : 12 + B, (13 & B) ? 16 + 13 : 13 + B, (14 & B) ? 16 + 14 : 14 + B,
+                       (15 & B) ? 16 + 15 : 15 + B};
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) {
+    if (i & B) continue;
+    const vf16 a = m[i], b = m[i + B];
+    m[i] = __builtin_shuffle(a, b, lo);
+    m[i + B] = __builtin_shuffle(a, b, hi);
+  }
+}
+
+// dst[c][r] = src[r][c] for r < rows_pad, c < cols (both multiples of 16), rows ≥ rows reading as 0 (so the
+// padding columns of dst come out zero). 16 × 16 blocks are transposed in registers (64 two-source
+// permutes instead of 512 scalar moves).
+FASTFER_VI void transpose(const float* src, int64_t rows, int64_t rows_pad, int64_t cols, int64_t ld_src, float* dst,
+                          int64_t ld_dst) {
+  for (int64_t r0 = 0; r0 < rows_pad; r0 += 16) {
+    for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+      vf16 m[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) m[i] = r0 + i < rows ? FASTFER_VLOAD(src + (r0 + i) * ld_src + c0) : vf16{};
+      transpose_step<8>(m);
+      transpose_step<4>(m);
+      transpose_step<2>(m);
+      transpose_step<1>(m);
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) FASTFER_VSTORE(dst + (c0 + i) * ld_dst + r0, m[i]);
     }
   }
 }
