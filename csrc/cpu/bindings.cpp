@@ -124,7 +124,7 @@ void py_patch_pool_backward(uintptr_t grad_tokens, uintptr_t index, int dtype, i
   PatchPoolBackwardArgs a{ptr<const void>(grad_tokens), ptr<const int64_t>(index), dtype_code(dtype), B, N, C, k,
                           ptr<void>(grad_x), stride_b, stride_n, stride_c, ptr<float>(grad_pos), threads};
   py::gil_scoped_release no_gil;
-  fastfer::cpu::patch_pool_backward(a);
+  fastfer::cpu::patch_pool_backward(a, current_isa());
 }
 
 TokenPoolArgs token_pool_args(uintptr_t qkv, int dtype, int64_t B, int64_t N, int64_t H, int64_t D,

@@ -20,7 +20,7 @@ bool isa_supported(Isa isa);
 Isa resolve_isa(Isa isa);
 
 void patch_pool_forward(const PatchPoolForwardArgs& a, Isa isa);
-void patch_pool_backward(const PatchPoolBackwardArgs& a);
+void patch_pool_backward(const PatchPoolBackwardArgs& a, Isa isa);
 // CLS-row scores, selection (select.index, select.cls_scores) and the attention of the kept rows
 // (attend.out, attend.lse) in one pass; attend.index must be select.index.
 void token_pool_forward(const ClsSelectArgs& select, const AttentionForwardArgs& attend, Isa isa);

@@ -9,6 +9,8 @@
 
 #include "common.h"
 
+#pragma GCC diagnostic ignored "-Wpsabi"  // see attention.cpp
+
 namespace fastfer {
 namespace cpu {
 namespace {
@@ -45,19 +47,25 @@ inline float lanes_combine(const float* lanes, int count) {
 #if FASTFER_ISA_VARIANTS
 namespace avx512 {
 #define FASTFER_ISA_ATTR __attribute__((target("arch=x86-64-v4,prefer-vector-width=512")))
+#define FASTFER_ISA_LEVEL 2
 #include "patch_pool_impl.h"
 #undef FASTFER_ISA_ATTR
+#undef FASTFER_ISA_LEVEL
 }  // namespace avx512
 namespace avx2 {
 #define FASTFER_ISA_ATTR __attribute__((target("arch=x86-64-v3")))
+#define FASTFER_ISA_LEVEL 1
 #include "patch_pool_impl.h"
 #undef FASTFER_ISA_ATTR
+#undef FASTFER_ISA_LEVEL
 }  // namespace avx2
 #endif
 namespace portable {
 #define FASTFER_ISA_ATTR
+#define FASTFER_ISA_LEVEL 0
 #include "patch_pool_impl.h"
 #undef FASTFER_ISA_ATTR
+#undef FASTFER_ISA_LEVEL
 }  // namespace portable
 
 namespace {
@@ -146,7 +154,7 @@ void forward_typed(const PatchPoolForwardArgs& a, Isa isa) {
 
 // grad_x[b, n, :] = grad_tokens[b, slot, :] where index[b, slot] = n, else 0 (every element written once).
 template <typename T>
-void backward_typed(const PatchPoolBackwardArgs& a) {
+void backward_typed(const PatchPoolBackwardArgs& a, Isa isa) {
   const T* grad = static_cast<const T*>(a.grad_tokens);
   T* grad_x = static_cast<T*>(a.grad_x);
   const int64_t N = a.N, C = a.C, k = a.k;
@@ -171,7 +179,15 @@ void backward_typed(const PatchPoolBackwardArgs& a) {
             for (int64_t c = 0; c < C; ++c) dst[c * a.stride_c] = src[c];
           }
         }
-      } else {  // positions contiguous (NCHW): one channel row at a time
+      } else if (a.stride_n == 1) {  // NCHW: a transpose of the kept rows, in 16 × 16 register blocks
+        switch (isa) {
+#if FASTFER_ISA_VARIANTS
+          case Isa::kAvx512: avx512::scatter_position_major(gb, slot, N, C, a.stride_c, xb); break;
+          case Isa::kAvx2: avx2::scatter_position_major(gb, slot, N, C, a.stride_c, xb); break;
+#endif
+          default: portable::scatter_position_major(gb, slot, N, C, a.stride_c, xb);
+        }
+      } else {  // positions strided: one channel row at a time
         for (int64_t c = 0; c < C; ++c) {
           T* dst = xb + c * a.stride_c;
           for (int64_t n = 0; n < N; ++n) dst[n * a.stride_n] = slot[n] < 0 ? T(0.0f) : gb[slot[n] * C + c];
@@ -202,8 +218,9 @@ void patch_pool_forward(const PatchPoolForwardArgs& a, Isa isa) {
   dispatch(a.dtype, [&](auto tag) { forward_typed<decltype(tag)>(a, isa); });
 }
 
-void patch_pool_backward(const PatchPoolBackwardArgs& a) {
-  dispatch(a.dtype, [&](auto tag) { backward_typed<decltype(tag)>(a); });
+void patch_pool_backward(const PatchPoolBackwardArgs& a, Isa isa) {
+  isa = resolve_isa(isa);
+  dispatch(a.dtype, [&](auto tag) { backward_typed<decltype(tag)>(a, isa); });
 }
 
 }  // namespace cpu

@@ -1,5 +1,8 @@
 // Score loops of patch_pool.cpp, one instruction-set variant (isa.h): no include guard; patch_pool.cpp
-// includes this file once per variant inside namespace fastfer::cpu::<variant> with FASTFER_ISA_ATTR set.
+// includes this file once per variant inside namespace fastfer::cpu::<variant> with FASTFER_ISA_ATTR and
+// FASTFER_ISA_LEVEL set.
+
+#include "vec_impl.h"
 
 // Scores of one image when positions are the contiguous dimension (NCHW): scores[n] over channel rows.
 template <int kScore, typename T>
@@ -35,4 +38,53 @@ FASTFER_ISA_ATTR void scores_channel_major(const T* x, int64_t N, int64_t C, int
     for (; c < C; ++c) acc = score_combine<kScore>(acc, score_term<kScore>(to_float(p[c * stride_c])));
     scores[n] = acc;
   }
+}
+
+// 16 elements of T at p as fp32 / back (exact both ways for fp16 and bf16 values).
+template <typename T>
+FASTFER_ISA_ATTR inline __attribute__((always_inline)) vf16 load16(const T* p) {
+  if constexpr (std::is_same<T, float>::value) {
+    return FASTFER_VLOAD(p);
+  } else {
+    float tmp[kLanes];
+    convert_in(p, kLanes, 1.0f, tmp);
+    return FASTFER_VLOAD(tmp);
+  }
+}
+
+template <typename T>
+FASTFER_ISA_ATTR inline __attribute__((always_inline)) void store16(T* p, vf16 v) {
+  if constexpr (std::is_same<T, float>::value) {
+    FASTFER_VSTORE(p, v);
+  } else {
+    float tmp[kLanes];
+    FASTFER_VSTORE(tmp, v);
+    convert_out(tmp, kLanes, 1.0f, p);
+  }
+}
+
+// grad_x of one image with positions contiguous (NCHW): xb[c·stride_c + n] = gb[slot[n]][c], or 0 where
+// slot[n] < 0. A per-channel loop reads gb with a stride of C elements per position (one cache line per
+// element); 16 × 16 blocks transposed in registers read whole rows instead.
+template <typename T>
+FASTFER_ISA_ATTR void scatter_position_major(const T* gb, const int32_t* slot, int64_t N, int64_t C, int64_t stride_c,
+                                             T* xb) {
+  const int64_t n16 = N / kLanes * kLanes, c16 = C / kLanes * kLanes;
+  for (int64_t n0 = 0; n0 < n16; n0 += kLanes) {
+    for (int64_t c0 = 0; c0 < c16; c0 += kLanes) {
+      vf16 m[kLanes];
+#pragma GCC unroll 16
+      for (int i = 0; i < kLanes; ++i) m[i] = slot[n0 + i] < 0 ? vf16{} : load16(gb + slot[n0 + i] * C + c0);
+      transpose_step<8>(m);
+      transpose_step<4>(m);
+      transpose_step<2>(m);
+      transpose_step<1>(m);
+#pragma GCC unroll 16
+      for (int j = 0; j < kLanes; ++j) store16(xb + (c0 + j) * stride_c + n0, m[j]);
+    }
+    for (int64_t c = c16; c < C; ++c)
+      for (int64_t n = n0; n < n0 + kLanes; ++n) xb[c * stride_c + n] = slot[n] < 0 ? T(0.0f) : gb[slot[n] * C + c];
+  }
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t n = n16; n < N; ++n) xb[c * stride_c + n] = slot[n] < 0 ? T(0.0f) : gb[slot[n] * C + c];
 }

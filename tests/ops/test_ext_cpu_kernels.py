@@ -12,6 +12,7 @@ import torch
 import fastfer
 from fastfer.ops import reference
 from fastfer.ops.backends.ext import build as _ext
+import tests.ops.test_ext_cpu as base
 from tests.ops.ext_helpers import check_patch_pool, check_token_pool, require_extension
 from tests.ops.helpers import check_backward
 
@@ -60,6 +61,12 @@ def test_patch_pool_per_variant(variant, dtype):
     pos = torch.randn(196, 768).to(dtype)
     check_patch_pool("cpu", x, 160, pos, "l1")
     check_patch_pool("cpu", x.contiguous(memory_format=torch.channels_last), 160, None, "max_abs")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "tokens"])
+def test_patch_pool_backward_per_variant(variant, dtype, layout):
+    base.test_patch_pool_backward(dtype, layout)
 
 
 def test_nan_and_inf_per_variant(variant):
