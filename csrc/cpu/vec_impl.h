@@ -234,6 +234,9 @@ template <int R>
 FASTFER_VI void rows_a_bt(const float* a, int64_t lda, const float* bt, int64_t ldb, int64_t depth, int64_t cols,
                           float* s, int64_t lds) {
   int64_t c = 0;
+#if FASTFER_ISA_LEVEL >= 2  // 32 registers: 8 × 3 accumulators + 3 operands
+  for (; c + 3 * kLanes <= cols; c += 3 * kLanes) tile_a_bt<R, 3>(a, lda, bt + c, ldb, depth, s + c, lds);
+#endif
   for (; c + 2 * kLanes <= cols; c += 2 * kLanes) tile_a_bt<R, 2>(a, lda, bt + c, ldb, depth, s + c, lds);
   if (c < cols) tile_a_bt<R, 1>(a, lda, bt + c, ldb, depth, s + c, lds);
 }
@@ -268,6 +271,9 @@ template <int R>
 FASTFER_VI void rows_p_v(const float* p, int64_t ldp, const float* v, int64_t ldv, int64_t keys, int64_t width,
                          float* o, int64_t ldo) {
   int64_t c = 0;
+#if FASTFER_ISA_LEVEL >= 2
+  for (; c + 3 * kLanes <= width; c += 3 * kLanes) tile_p_v<R, 3>(p, ldp, v + c, ldv, keys, o + c, ldo);
+#endif
   for (; c + 2 * kLanes <= width; c += 2 * kLanes) tile_p_v<R, 2>(p, ldp, v + c, ldv, keys, o + c, ldo);
   if (c < width) tile_p_v<R, 1>(p, ldp, v + c, ldv, keys, o + c, ldo);
 }
@@ -302,6 +308,9 @@ template <int K>
 FASTFER_VI void keys_pt_x(const float* p, int64_t ldp, const float* x, int64_t ldx, int64_t rows, int64_t width,
                           float* acc, int64_t ld_acc) {
   int64_t c = 0;
+#if FASTFER_ISA_LEVEL >= 2
+  for (; c + 3 * kLanes <= width; c += 3 * kLanes) tile_pt_x<K, 3>(p, ldp, x + c, ldx, rows, acc + c, ld_acc);
+#endif
   for (; c + 2 * kLanes <= width; c += 2 * kLanes) tile_pt_x<K, 2>(p, ldp, x + c, ldx, rows, acc + c, ld_acc);
   if (c < width) tile_pt_x<K, 1>(p, ldp, x + c, ldx, rows, acc + c, ld_acc);
 }
