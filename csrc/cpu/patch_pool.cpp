@@ -147,7 +147,23 @@ void forward_typed(const PatchPoolForwardArgs& a, Isa isa) {
       int64_t* index = a.index + b * a.k;
       image_scores_any(xb, a, scores, isa);
       select_topk_ascending(scores, a.N, a.k, 0, index, order.data(), kept.data());
-      gather_tokens(xb, a, index, tokens + b * a.k * a.C);
+      if (a.stride_n == 1 && a.stride_c > a.stride_n) {  // NCHW: transposed in register blocks
+        float* tmp = thread_scratch(6, a.N * a.C);
+        switch (isa) {
+#if FASTFER_ISA_VARIANTS
+          case Isa::kAvx512:
+            avx512::gather_position_major(xb, a.N, a.C, a.stride_c, index, a.k, a.pos, tokens + b * a.k * a.C, tmp);
+            break;
+          case Isa::kAvx2:
+            avx2::gather_position_major(xb, a.N, a.C, a.stride_c, index, a.k, a.pos, tokens + b * a.k * a.C, tmp);
+            break;
+#endif
+          default:
+            portable::gather_position_major(xb, a.N, a.C, a.stride_c, index, a.k, a.pos, tokens + b * a.k * a.C, tmp);
+        }
+      } else {
+        gather_tokens(xb, a, index, tokens + b * a.k * a.C);
+      }
     }
   }
 }

@@ -88,3 +88,37 @@ FASTFER_ISA_ATTR void scatter_position_major(const T* gb, const int32_t* slot, i
   for (int64_t c = 0; c < C; ++c)
     for (int64_t n = n16; n < N; ++n) xb[c * stride_c + n] = slot[n] < 0 ? T(0.0f) : gb[slot[n] * C + c];
 }
+
+// tokens (k × C) of one image with positions contiguous (NCHW): tokens[t][c] = x[c][index[t]] (+ pos, added
+// in fp32 and rounded once). The map is first transposed to token-major fp32 (tmp: N × C) in 16 × 16
+// register blocks — reading a channel-strided column per token touched one cache line per element.
+template <typename T>
+FASTFER_ISA_ATTR void gather_position_major(const T* x, int64_t N, int64_t C, int64_t stride_c, const int64_t* index,
+                                            int64_t k, const float* pos, T* tokens, float* tmp) {
+  const int64_t n16 = N / kLanes * kLanes, c16 = C / kLanes * kLanes;
+  for (int64_t n0 = 0; n0 < n16; n0 += kLanes) {
+    for (int64_t c0 = 0; c0 < c16; c0 += kLanes) {
+      vf16 m[kLanes];
+#pragma GCC unroll 16
+      for (int j = 0; j < kLanes; ++j) m[j] = load16(x + (c0 + j) * stride_c + n0);
+      transpose_step<8>(m);
+      transpose_step<4>(m);
+      transpose_step<2>(m);
+      transpose_step<1>(m);
+#pragma GCC unroll 16
+      for (int i = 0; i < kLanes; ++i) FASTFER_VSTORE(tmp + (n0 + i) * C + c0, m[i]);
+    }
+    for (int64_t c = c16; c < C; ++c)
+      for (int64_t n = n0; n < n0 + kLanes; ++n) tmp[n * C + c] = static_cast<float>(x[c * stride_c + n]);
+  }
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t n = n16; n < N; ++n) tmp[n * C + c] = static_cast<float>(x[c * stride_c + n]);
+  for (int64_t t = 0; t < k; ++t) {
+    float* row = tmp + index[t] * C;
+    if (pos != nullptr) {
+      const float* p = pos + index[t] * C;
+      for (int64_t c = 0; c < C; ++c) row[c] += p[c];  // each kept position appears once: in place is safe
+    }
+    convert_out(row, C, 1.0f, tokens + t * C);
+  }
+}
