@@ -6,9 +6,16 @@
 // a minute or more to compile, and without it the whole CPU build takes seconds and does not depend on
 // torch's C++ ABI. The GIL is released while a kernel runs. Index tensors are bounds-checked here, since
 // a bad index would write out of bounds; everything else is the caller's contract.
+//
+// Kernel variant (csrc/cpu/isa.h): FASTFER_CPU_KERNELS is read once, when the module is imported —
+// "auto" (default, the widest instruction set this CPU has), "avx512", "avx2" or "portable" (baseline
+// x86-64, as on a CPU without AVX) — and the choice is passed to every kernel call. kernels() says what
+// runs; set_kernels(name) changes it (tests run both the AVX-512 and the portable variant in one process).
 #include <pybind11/pybind11.h>
 
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -26,6 +33,52 @@ namespace py = pybind11;
 using namespace fastfer;
 
 namespace {
+
+using fastfer::cpu::Isa;
+
+Isa parse_isa(const std::string& name) {
+  for (Isa isa : {Isa::kAuto, Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+    if (name == fastfer::cpu::isa_name(isa)) return isa;
+  }
+  throw std::invalid_argument("FASTFER_CPU_KERNELS: expected one of auto, avx512, avx2, portable, got '" + name + "'");
+}
+
+// The variant every call uses (resolved, never kAuto), and why (for kernels()).
+std::atomic<int> g_isa{static_cast<int>(Isa::kPortable)};
+std::string g_isa_note;
+
+Isa current_isa() { return static_cast<Isa>(g_isa.load(std::memory_order_relaxed)); }
+
+// Chooses the variant `name` names; an unsupported one (the CPU lacks its instructions) is an error.
+void choose_isa(const std::string& name) {
+  const Isa wanted = parse_isa(name);
+  if (!fastfer::cpu::isa_supported(fastfer::cpu::resolve_isa(wanted)))
+    throw std::invalid_argument(std::string("kernels '") + name + "': this CPU (or this build) cannot run them");
+  g_isa.store(static_cast<int>(fastfer::cpu::resolve_isa(wanted)), std::memory_order_relaxed);
+}
+
+// At import: FASTFER_CPU_KERNELS, or auto. A bad value must not make the module unimportable (the loader
+// would take it for a broken build), so it falls back to auto and kernels() says why.
+void init_isa() {
+  const char* env = std::getenv("FASTFER_CPU_KERNELS");
+  const std::string name = env && *env ? env : "auto";
+  try {
+    choose_isa(name);
+  } catch (const std::invalid_argument& e) {
+    choose_isa("auto");
+    g_isa_note = std::string(" (FASTFER_CPU_KERNELS ignored: ") + e.what() + ")";
+  }
+}
+
+std::string py_kernels() { return std::string(fastfer::cpu::isa_name(current_isa())) + g_isa_note; }
+
+// Returns the previous variant's name.
+std::string py_set_kernels(const std::string& name) {
+  const std::string previous = fastfer::cpu::isa_name(current_isa());
+  choose_isa(name);
+  g_isa_note.clear();
+  return previous;
+}
 
 template <typename T>
 T* ptr(uintptr_t address) {
@@ -60,7 +113,7 @@ void py_patch_pool_forward(uintptr_t x, int dtype, int64_t B, int64_t N, int64_t
                          ptr<const float>(pos), k, score, ptr<void>(tokens), ptr<int64_t>(index), ptr<float>(scores),
                          threads};
   py::gil_scoped_release no_gil;
-  fastfer::cpu::patch_pool_forward(a);
+  fastfer::cpu::patch_pool_forward(a, current_isa());
 }
 
 void py_patch_pool_backward(uintptr_t grad_tokens, uintptr_t index, int dtype, int64_t B, int64_t N, int64_t C, int64_t k,
@@ -71,7 +124,7 @@ void py_patch_pool_backward(uintptr_t grad_tokens, uintptr_t index, int dtype, i
   PatchPoolBackwardArgs a{ptr<const void>(grad_tokens), ptr<const int64_t>(index), dtype_code(dtype), B, N, C, k,
                           ptr<void>(grad_x), stride_b, stride_n, stride_c, ptr<float>(grad_pos), threads};
   py::gil_scoped_release no_gil;
-  fastfer::cpu::patch_pool_backward(a);
+  fastfer::cpu::patch_pool_backward(a, current_isa());
 }
 
 TokenPoolArgs token_pool_args(uintptr_t qkv, int dtype, int64_t B, int64_t N, int64_t H, int64_t D,
@@ -94,8 +147,7 @@ void py_token_pool_forward(uintptr_t qkv, int dtype, int64_t B, int64_t N, int64
   const ClsSelectArgs select{s, score, keep >= 0, ptr<int64_t>(index), ptr<float>(cls_scores), threads};
   const AttentionForwardArgs attend{s, ptr<const int64_t>(index), ptr<void>(out), ptr<float>(lse), threads};
   py::gil_scoped_release no_gil;
-  fastfer::cpu::cls_select(select);
-  fastfer::cpu::attention_forward(attend);
+  fastfer::cpu::token_pool_forward(select, attend, current_isa());
 }
 
 // The query rows in index must be unique (each row's dQ is written, not accumulated).
@@ -108,7 +160,7 @@ void py_token_pool_backward(uintptr_t grad_out, uintptr_t qkv, int dtype, int64_
   const AttentionBackwardArgs a{s, ptr<const int64_t>(index), ptr<const void>(grad_out), ptr<const void>(out),
                                 ptr<const float>(lse), ptr<void>(dqkv), threads};
   py::gil_scoped_release no_gil;
-  fastfer::cpu::attention_backward(a);
+  fastfer::cpu::attention_backward(a, current_isa());
 }
 
 }  // namespace
@@ -117,6 +169,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastfer CPU kernels (C++/OpenMP): the `cpu` backend of fastfer::patch_pool and "
             "fastfer::token_pool_attention. Called by fastfer/ops/ext_api.py with raw pointers.";
   m.attr("source_digest") = FASTFER_STRINGIFY(FASTFER_SOURCE_DIGEST);
+  init_isa();
+  m.def("kernels", &py_kernels, "the kernel variant in use: avx512, avx2 or portable");
+  m.def("set_kernels", &py_set_kernels, "use variant auto|avx512|avx2|portable from now on; returns the previous one",
+        py::arg("name"));
   m.def("patch_pool_forward", &py_patch_pool_forward, "fill tokens (B,k,C), index (B,k), scores (B,N)", py::arg("x"),
         py::arg("dtype"), py::arg("B"), py::arg("N"), py::arg("C"), py::arg("stride_b"), py::arg("stride_n"),
         py::arg("stride_c"), py::arg("pos"), py::arg("k"), py::arg("score"), py::arg("tokens"), py::arg("index"),

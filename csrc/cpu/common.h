@@ -8,7 +8,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <type_traits>
+#include <new>
 #include <limits>
 
 #include "kernels.h"
@@ -17,15 +20,9 @@
 #include <omp.h>
 #endif
 
-// Hot loops are compiled three times (AVX-512, AVX2+FMA, baseline x86-64) and the best clone is picked
-// at load time (GCC ifunc). This keeps one binary portable — a prebuilt extension must not assume the
-// build machine's CPU — while the inner loops still run at full vector width. Other compilers/CPUs get
-// the plain build.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
-#define FASTFER_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FASTFER_CPU_CLONES
-#endif
+// Hot loops are compiled once per instruction set (see isa.h: AVX-512, AVX2+FMA, baseline x86-64) and
+// the variant is chosen at run time from the CPU's features, or forced with FASTFER_CPU_KERNELS.
+#include "isa.h"
 
 namespace fastfer {
 namespace cpu {
@@ -59,6 +56,35 @@ inline void dispatch(DType dtype, Fn&& fn) {
 }
 
 inline int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+inline int64_t ceil_div(int64_t n, int64_t d) { return (n + d - 1) / d; }
+
+// Grow-only fp32 scratch of the calling thread, kept between kernel calls and aligned to a cache line
+// (vector loads then never split a line). Page-faulting and clearing fresh megabytes on every call cost
+// more than some kernels' arithmetic. `slot` names the buffer (several are live at once; slot 0 is the
+// one the calling thread shares with the OpenMP team, 1.. are per-thread). Contents are unspecified:
+// callers write before they read, padding included.
+inline float* thread_scratch(int slot, int64_t count) {
+  constexpr int kSlots = 8;
+  struct Buffers {
+    float* data[kSlots] = {};
+    int64_t size[kSlots] = {};
+    ~Buffers() {
+      for (float* p : data) std::free(p);
+    }
+  };
+  thread_local Buffers buffers;
+  if (buffers.size[slot] < count) {
+    std::free(buffers.data[slot]);
+    buffers.data[slot] = nullptr;
+    buffers.size[slot] = 0;
+    const int64_t floats = round_up(count, 16);
+    float* p = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(floats) * sizeof(float)));
+    if (p == nullptr) throw std::bad_alloc();
+    buffers.data[slot] = p;
+    buffers.size[slot] = floats;
+  }
+  return buffers.data[slot];
+}
 
 // exp(x) in fp32 without libm, so that loops over it vectorise (std::exp does not without -ffast-math,
 // which would also break the NaN semantics the tests check). exp(x) = 2^n · exp(r), n = round(x·log2 e),

@@ -1,4 +1,4 @@
-// Plain C++ interface of the OpenMP CPU kernels (csrc/cpu/*.cpp); arguments in csrc/op_args.h.
+// Plain C++ interface of the OpenMP CPU kernels (csrc/cpu/*.cpp); arguments in csrc/shared/op_args.h.
 //
 // The kernel files include no torch headers (only c10's header-only Half/BFloat16), so they compile in
 // seconds; all arithmetic is fp32 whatever the element type.
@@ -9,11 +9,28 @@
 namespace fastfer {
 namespace cpu {
 
-void patch_pool_forward(const PatchPoolForwardArgs& a);
-void patch_pool_backward(const PatchPoolBackwardArgs& a);
-void cls_select(const ClsSelectArgs& a);
-void attention_forward(const AttentionForwardArgs& a);
-void attention_backward(const AttentionBackwardArgs& a);
+// Instruction-set variant of the kernels (isa.h). kAuto: the best one this CPU supports.
+enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2, kAuto = 3 };
+
+// Names as FASTFER_CPU_KERNELS spells them: "portable", "avx2", "avx512", "auto".
+const char* isa_name(Isa isa);
+// True when the variant is compiled in and this CPU can run it (kPortable: always).
+bool isa_supported(Isa isa);
+// kAuto → the best supported variant; any other value is returned as it is.
+Isa resolve_isa(Isa isa);
+
+void patch_pool_forward(const PatchPoolForwardArgs& a, Isa isa);
+void patch_pool_backward(const PatchPoolBackwardArgs& a, Isa isa);
+// CLS-row scores, selection (select.index, select.cls_scores) and the attention of the kept rows
+// (attend.out, attend.lse) in one pass; attend.index must be select.index.
+void token_pool_forward(const ClsSelectArgs& select, const AttentionForwardArgs& attend, Isa isa);
+void attention_backward(const AttentionBackwardArgs& a, Isa isa);
+
+// Scores of one image from its CLS-row logits (cls_select.cpp): logits (H, ld) fp32 with lse (H) the
+// log-sum-exp of each head's row; writes scores (N) and index (M): 0, then the kept positions ascending
+// (all 0..N-1 when !select). scratch: N int32 and N bytes.
+void score_and_select(const float* logits, int64_t ld, const float* lse, int64_t H, int64_t N, int64_t M, int score,
+                      bool select, float* scores, int64_t* index, int32_t* order, uint8_t* kept);
 
 }  // namespace cpu
 }  // namespace fastfer

@@ -9,6 +9,8 @@
 
 #include "common.h"
 
+#pragma GCC diagnostic ignored "-Wpsabi"  // see attention.cpp
+
 namespace fastfer {
 namespace cpu {
 namespace {
@@ -40,58 +42,59 @@ inline float lanes_combine(const float* lanes, int count) {
   return acc;
 }
 
-// Scores of one image when positions are the contiguous dimension (NCHW): scores[n] over channel rows.
-template <int kScore, typename T>
-FASTFER_CPU_CLONES void scores_position_major(const T* x, int64_t N, int64_t C, int64_t stride_n,
-                                              int64_t stride_c, float* scores) {
-  for (int64_t n = 0; n < N; ++n) scores[n] = score_init<kScore>();
-  for (int64_t c = 0; c < C; ++c) {
-    const T* row = x + c * stride_c;
-    if (stride_n == 1) {
-      for (int64_t n = 0; n < N; ++n) scores[n] = score_combine<kScore>(scores[n], score_term<kScore>(to_float(row[n])));
-    } else {
-      for (int64_t n = 0; n < N; ++n)
-        scores[n] = score_combine<kScore>(scores[n], score_term<kScore>(to_float(row[n * stride_n])));
-    }
-  }
-}
+}  // namespace
 
-// Scores of one image when channels are the contiguous dimension (channels_last, tokens).
-template <int kScore, typename T>
-FASTFER_CPU_CLONES void scores_channel_major(const T* x, int64_t N, int64_t C, int64_t stride_n,
-                                             int64_t stride_c, float* scores) {
-  constexpr int kLanes = 16;
-  for (int64_t n = 0; n < N; ++n) {
-    const T* p = x + n * stride_n;
-    float lanes[kLanes];
-    for (int l = 0; l < kLanes; ++l) lanes[l] = score_init<kScore>();
-    int64_t c = 0;
-    if (stride_c == 1) {
-      for (; c + kLanes <= C; c += kLanes)
-        for (int l = 0; l < kLanes; ++l) lanes[l] = score_combine<kScore>(lanes[l], score_term<kScore>(to_float(p[c + l])));
-    }
-    float acc = lanes_combine<kScore>(lanes, kLanes);
-    for (; c < C; ++c) acc = score_combine<kScore>(acc, score_term<kScore>(to_float(p[c * stride_c])));
-    scores[n] = acc;
-  }
-}
+#if FASTFER_ISA_VARIANTS
+namespace avx512 {
+#define FASTFER_ISA_ATTR __attribute__((target("arch=x86-64-v4,prefer-vector-width=512")))
+#define FASTFER_ISA_LEVEL 2
+#include "patch_pool_impl.h"
+#undef FASTFER_ISA_ATTR
+#undef FASTFER_ISA_LEVEL
+}  // namespace avx512
+namespace avx2 {
+#define FASTFER_ISA_ATTR __attribute__((target("arch=x86-64-v3")))
+#define FASTFER_ISA_LEVEL 1
+#include "patch_pool_impl.h"
+#undef FASTFER_ISA_ATTR
+#undef FASTFER_ISA_LEVEL
+}  // namespace avx2
+#endif
+namespace portable {
+#define FASTFER_ISA_ATTR
+#define FASTFER_ISA_LEVEL 0
+#include "patch_pool_impl.h"
+#undef FASTFER_ISA_ATTR
+#undef FASTFER_ISA_LEVEL
+}  // namespace portable
 
+namespace {
+
+// The score loops of the variant isa (resolved: never kAuto).
 template <int kScore, typename T>
-void image_scores(const T* x, const PatchPoolForwardArgs& a, float* scores) {
-  if (a.stride_c == 1 || a.stride_c < a.stride_n)
-    scores_channel_major<kScore>(x, a.N, a.C, a.stride_n, a.stride_c, scores);
-  else
-    scores_position_major<kScore>(x, a.N, a.C, a.stride_n, a.stride_c, scores);
+void image_scores(const T* x, const PatchPoolForwardArgs& a, float* scores, Isa isa) {
+  const bool channel_major = a.stride_c == 1 || a.stride_c < a.stride_n;
+#define FASTFER_SCORES(ns)                                                                  \
+  return channel_major ? ns::scores_channel_major<kScore>(x, a.N, a.C, a.stride_n, a.stride_c, scores) \
+                       : ns::scores_position_major<kScore>(x, a.N, a.C, a.stride_n, a.stride_c, scores)
+  switch (isa) {
+#if FASTFER_ISA_VARIANTS
+    case Isa::kAvx512: FASTFER_SCORES(avx512);
+    case Isa::kAvx2: FASTFER_SCORES(avx2);
+#endif
+    default: FASTFER_SCORES(portable);
+  }
+#undef FASTFER_SCORES
 }
 
 template <typename T>
-void image_scores_any(const T* x, const PatchPoolForwardArgs& a, float* scores) {
+void image_scores_any(const T* x, const PatchPoolForwardArgs& a, float* scores, Isa isa) {
   switch (a.score) {
-    case kL1: return image_scores<kL1>(x, a, scores);
-    case kSum: return image_scores<kSum>(x, a, scores);
-    case kL2: return image_scores<kL2>(x, a, scores);
-    case kMax: return image_scores<kMax>(x, a, scores);
-    default: return image_scores<kMaxAbs>(x, a, scores);
+    case kL1: return image_scores<kL1>(x, a, scores, isa);
+    case kSum: return image_scores<kSum>(x, a, scores, isa);
+    case kL2: return image_scores<kL2>(x, a, scores, isa);
+    case kMax: return image_scores<kMax>(x, a, scores, isa);
+    default: return image_scores<kMaxAbs>(x, a, scores, isa);
   }
 }
 
@@ -130,7 +133,7 @@ void gather_tokens(const T* x, const PatchPoolForwardArgs& a, const int64_t* ind
 }
 
 template <typename T>
-void forward_typed(const PatchPoolForwardArgs& a) {
+void forward_typed(const PatchPoolForwardArgs& a, Isa isa) {
   const T* x = static_cast<const T*>(a.x);
   T* tokens = static_cast<T*>(a.tokens);
 #pragma omp parallel num_threads(a.threads)
@@ -142,16 +145,32 @@ void forward_typed(const PatchPoolForwardArgs& a) {
       const T* xb = x + b * a.stride_b;
       float* scores = a.scores + b * a.N;
       int64_t* index = a.index + b * a.k;
-      image_scores_any(xb, a, scores);
+      image_scores_any(xb, a, scores, isa);
       select_topk_ascending(scores, a.N, a.k, 0, index, order.data(), kept.data());
-      gather_tokens(xb, a, index, tokens + b * a.k * a.C);
+      if (a.stride_n == 1 && a.stride_c > a.stride_n) {  // NCHW: transposed in register blocks
+        float* tmp = thread_scratch(6, a.N * a.C);
+        switch (isa) {
+#if FASTFER_ISA_VARIANTS
+          case Isa::kAvx512:
+            avx512::gather_position_major(xb, a.N, a.C, a.stride_c, index, a.k, a.pos, tokens + b * a.k * a.C, tmp);
+            break;
+          case Isa::kAvx2:
+            avx2::gather_position_major(xb, a.N, a.C, a.stride_c, index, a.k, a.pos, tokens + b * a.k * a.C, tmp);
+            break;
+#endif
+          default:
+            portable::gather_position_major(xb, a.N, a.C, a.stride_c, index, a.k, a.pos, tokens + b * a.k * a.C, tmp);
+        }
+      } else {
+        gather_tokens(xb, a, index, tokens + b * a.k * a.C);
+      }
     }
   }
 }
 
 // grad_x[b, n, :] = grad_tokens[b, slot, :] where index[b, slot] = n, else 0 (every element written once).
 template <typename T>
-void backward_typed(const PatchPoolBackwardArgs& a) {
+void backward_typed(const PatchPoolBackwardArgs& a, Isa isa) {
   const T* grad = static_cast<const T*>(a.grad_tokens);
   T* grad_x = static_cast<T*>(a.grad_x);
   const int64_t N = a.N, C = a.C, k = a.k;
@@ -176,7 +195,15 @@ void backward_typed(const PatchPoolBackwardArgs& a) {
             for (int64_t c = 0; c < C; ++c) dst[c * a.stride_c] = src[c];
           }
         }
-      } else {  // positions contiguous (NCHW): one channel row at a time
+      } else if (a.stride_n == 1) {  // NCHW: a transpose of the kept rows, in 16 × 16 register blocks
+        switch (isa) {
+#if FASTFER_ISA_VARIANTS
+          case Isa::kAvx512: avx512::scatter_position_major(gb, slot, N, C, a.stride_c, xb); break;
+          case Isa::kAvx2: avx2::scatter_position_major(gb, slot, N, C, a.stride_c, xb); break;
+#endif
+          default: portable::scatter_position_major(gb, slot, N, C, a.stride_c, xb);
+        }
+      } else {  // positions strided: one channel row at a time
         for (int64_t c = 0; c < C; ++c) {
           T* dst = xb + c * a.stride_c;
           for (int64_t n = 0; n < N; ++n) dst[n * a.stride_n] = slot[n] < 0 ? T(0.0f) : gb[slot[n] * C + c];
@@ -202,12 +229,14 @@ void backward_typed(const PatchPoolBackwardArgs& a) {
 
 }  // namespace
 
-void patch_pool_forward(const PatchPoolForwardArgs& a) {
-  dispatch(a.dtype, [&](auto tag) { forward_typed<decltype(tag)>(a); });
+void patch_pool_forward(const PatchPoolForwardArgs& a, Isa isa) {
+  isa = resolve_isa(isa);
+  dispatch(a.dtype, [&](auto tag) { forward_typed<decltype(tag)>(a, isa); });
 }
 
-void patch_pool_backward(const PatchPoolBackwardArgs& a) {
-  dispatch(a.dtype, [&](auto tag) { backward_typed<decltype(tag)>(a); });
+void patch_pool_backward(const PatchPoolBackwardArgs& a, Isa isa) {
+  isa = resolve_isa(isa);
+  dispatch(a.dtype, [&](auto tag) { backward_typed<decltype(tag)>(a, isa); });
 }
 
 }  // namespace cpu

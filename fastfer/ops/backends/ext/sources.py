@@ -22,7 +22,8 @@ KINDS = ("cpu", "cuda")
 ROOT = Path(__file__).resolve().parents[4]
 
 SOURCES = {
-    "cpu": ["csrc/cpu/bindings.cpp", "csrc/cpu/patch_pool.cpp", "csrc/cpu/cls_select.cpp", "csrc/cpu/attention.cpp"],
+    "cpu": ["csrc/cpu/bindings.cpp", "csrc/cpu/patch_pool.cpp", "csrc/cpu/cls_select.cpp", "csrc/cpu/attention.cpp",
+            "csrc/cpu/isa.cpp"],
     "cuda": ["csrc/cuda/bindings.cpp", "csrc/cuda/patch_pool.cu", "csrc/cuda/cls_select.cu", "csrc/cuda/attention.cu"],
 }
 #: Files whose content enters the digest (sources plus the headers they include).
