@@ -1,13 +1,21 @@
 """Attentive Token Pooling attention: validation (once per call), ``fastfer::token_pool_attention`` (custom op +
-fake + autograd) and dispatch to the backend the registry chooses (docs/design.md §2.2)."""
+fake + autograd) and dispatch to the backend the registry chooses (docs/design.md §2.2).
+
+One more path, eager CPU calls under automatic choice only (:func:`_composed_wins`): the ATen composition —
+the CLS scores from one small bmm, the positional top-k of the reference, and PyTorch's own
+``scaled_dot_product_attention`` over the kept queries (all queries when ``keep`` is None, which is exactly
+what timm's attention runs). Autograd goes through ATen's SDPA backward. It replaces backends that are slower
+on CPU than ATen's flash kernel (measured: bench/patch_compare.py); a pinned backend always runs itself.
+"""
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from fastfer.ops import _checks, lowering
+from fastfer.ops import _checks, lowering, reference
 from fastfer.ops.backends import registry as backends
 from fastfer.ops.reference import CLS_SCORES
 
@@ -142,6 +150,8 @@ def token_pool_attention(
         out, index, cls_scores, _ = lowering.token_pool_attention_reference(qkv, keep, scale, score,
                                                                             lowering.active())
         return TokenPoolOutput(out, index, cls_scores)
+    if backend is None and _composed_wins(qkv, keep):
+        return _composed(qkv, keep, qkv.shape[-1] ** -0.5 if scale is None else scale, score)
     if backend is not None:
         _checks.per_call_backend(backend)
         with backends.use_backend(backend):
@@ -149,3 +159,74 @@ def token_pool_attention(
     else:
         out, index, cls_scores, _lse = _token_pool_op(qkv, keep, scale, score)
     return TokenPoolOutput(out, index, cls_scores)
+
+
+# Automatic choice on CPU: the backends the ATen composition replaces, for plain attention (keep=None) and
+# for pooling. Measured at DeiT-S shapes (B=8, H=6, D=64, fp32, 1 thread, min of 23 interleaved calls on a
+# loaded 2-core Ice Lake): N=197 plain attention, ATen 19 ms forward / 81 ms forward+backward vs the C++
+# ``cpu`` kernel 31 / 104 and the reference 35 / 161; pooling (197→139, 139→98, 98→69) ATen 9.7 / 4.9 / 3.0
+# ms forward vs ``cpu`` 10.8 / 5.2 / 3.3 and the reference 18.8 / 8.8 / 5.5. Plain attention is exactly
+# what timm runs, so it always goes to SDPA; for pooling the ``cpu`` kernel stays the automatic choice (it is
+# within 10 % and being rewritten to beat the composition, issue 16) — re-measure with
+# bench/patch_compare.py before changing an entry.
+_COMPOSED_REPLACES = {None: ("torch", "cpu"), "pool": ("torch",)}
+
+
+def _composed_wins(qkv: Tensor, keep: Optional[int]) -> bool:
+    """Whether this call runs :func:`_composed`: eager, CPU, no backend pinned, and the automatic choice would
+    be a backend the composition beats (:data:`_COMPOSED_REPLACES`)."""
+    if qkv.device.type != "cpu" or torch.compiler.is_compiling():
+        return False  # compiled graphs keep the op (its backend is resolved when the graph runs)
+    if backends.get_backend() is not None or qkv.shape[0] == 0:
+        return False
+    return backends.select(_call(qkv)).name in _COMPOSED_REPLACES[None if keep is None else "pool"]
+
+
+def _cls_scores(qkv: Tensor, scale: float, score: str) -> Tensor:
+    """CLS-row scores (B, N) fp32 of packed qkv (B, N, 3, H, D), as :func:`reference.cls_scores`, in one bmm.
+
+    The CLS queries go into a block-diagonal (B, H, H·D) matrix and the keys are read in place as the
+    transposed (B, H·D, N) view of their (B, N, H·D) rows (row stride 3·H·D), so logits[b, h, n] = ⟨q₀ʰ, kₙʰ⟩
+    with no copy of the keys (H times the multiply-adds of the CLS row, still ~1/N of the attention's).
+    """
+    B, N, _, H, D = qkv.shape
+    acc = reference.accumulation_dtype(qkv.dtype)
+    qkv = qkv.detach()
+    keys = qkv[:, :, 1].reshape(B, N, H * D).to(acc)
+    q0 = qkv[:, 0, 0].to(acc) * scale  # (B, H, D)
+    blocks = q0.new_zeros(B, H, H, D)
+    blocks.diagonal(dim1=1, dim2=2).copy_(q0.transpose(1, 2))  # blocks[b, h, h, :] = scale·q₀ʰ
+    logits = torch.bmm(blocks.view(B, H, H * D), keys.transpose(1, 2))  # (B, H, N)
+    if score == "logit_sum":
+        return logits.sum(1).float()
+    return logits.softmax(-1).mean(1).float()
+
+
+def _composed(qkv: Tensor, keep: Optional[int], scale: float, score: str) -> TokenPoolOutput:
+    """The op as ATen ops (same results as the reference within rounding; differentiable through SDPA)."""
+    B, N, _, H, D = qkv.shape
+    scores = _cls_scores(qkv, scale, score)
+    # timm's layout: q, k, v as (B, H, N, D) views of qkv, so the backward stacks their gradients in one go.
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    if keep is None:
+        index = torch.arange(N, device=qkv.device).expand(B, N).contiguous()
+    else:
+        kept = reference.select_topk_positional(scores[:, 1:], keep) + 1
+        index = torch.cat([kept.new_zeros(B, 1), kept], dim=1)
+        q = _gather_queries(q, index)
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, H, M, D)
+    return TokenPoolOutput(out.transpose(1, 2).reshape(B, index.shape[1], H * D), index, scores)
+
+
+def _gather_queries(q: Tensor, index: Tensor) -> Tensor:
+    """q (B, H, N, D) (timm's permuted view of packed qkv), index (B, M) → the kept queries (B, H, M, D).
+
+    The queries of packed qkv are whole (H·D) rows of one (B·N, H·D) strided view, so one ``index_select``
+    copies each kept row once (``gather`` over the head dim walks it element by element: ~4× slower on
+    CPU); the result is a (B, M, H, D) tensor seen as (B, H, M, D), the layout SDPA reads as it reads timm's.
+    """
+    B, H, N, D = q.shape
+    M = index.shape[1]
+    rows = q.transpose(1, 2).reshape(B * N, H * D)  # a view when qkv is a (B, N, 3·H·D) Linear output
+    flat = (index + torch.arange(B, device=index.device).unsqueeze(1) * N).reshape(B * M)
+    return rows.index_select(0, flat).view(B, M, H, D).transpose(1, 2)

@@ -79,14 +79,32 @@ def test_fused_attention_matches_unpatched(name, dtype, train):
     _assert_same_math(_run(model, images, dtype), ref64, lowprec, f"{name} {dtype} {'train' if train else 'eval'}")
 
 
+# "auto": automatic choice (on CPU the ATen composition for plain attention; for pooling the cpu kernel when
+# built, else the composition); "aten": automatic choice with the ATen composition for every layer.
+KERNEL_BACKENDS = ["triton", "cpu", "auto", "aten"]
+
+
 def _skip_unless_available(backend, dtype):
+    if backend in ("auto", "aten"):
+        return
     if backend not in backends_for("token_pool_attention", torch.device("cpu"), dtype, head_dim=64):
         pytest.skip(f"backend {backend!r} cannot run {dtype} on this machine (see fastfer.backends())")
 
 
+def _pin(backend, monkeypatch):
+    """The context a test runs the patched model in: the backend pinned, or automatic choice."""
+    if backend in ("auto", "aten"):
+        monkeypatch.delenv("FASTFER_BACKEND", raising=False)
+    if backend == "aten":
+        from fastfer.ops import token_pool
+
+        monkeypatch.setattr(token_pool, "_COMPOSED_REPLACES", {None: ("torch", "cpu"), "pool": ("torch", "cpu")})
+    return fastfer.use_backend(None if backend in ("auto", "aten") else backend)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("backend", ["triton", "cpu"])
-def test_fused_attention_kernel_backends(backend, dtype):
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_fused_attention_kernel_backends(backend, dtype, monkeypatch):
     """The kernels (Triton through the interpreter on CPU, so 2 blocks; the C++ cpu backend when built) in the
     patched model, forward and backward."""
     _skip_unless_available(backend, dtype)
@@ -96,7 +114,7 @@ def test_fused_attention_kernel_backends(backend, dtype):
     model = model.to(dtype)
     lowprec = _run(model, images, dtype)
     patch(model)
-    with fastfer.use_backend(backend):
+    with _pin(backend, monkeypatch):
         _assert_same_math(_run(model, images, dtype), ref64, lowprec, f"{backend} {dtype}")
 
 
@@ -126,7 +144,8 @@ def test_pooling_matches_evit_style_reference(name, score, rule):
     assert report.pooling == RATES
 
 
-def test_pooling_gradients_match_evit_style_reference():
+@pytest.mark.parametrize("backend", ["torch", "aten"])
+def test_pooling_gradients_match_evit_style_reference(backend, monkeypatch):
     model = _model("deit_small_patch16_224").eval()
     images = _images()
 
@@ -139,14 +158,15 @@ def test_pooling_gradients_match_evit_style_reference():
     ref = grads(copy.deepcopy(model).double(), torch.float64, evit)
     low = grads(model, torch.float32, evit)
     patch(model, keep_rates=RATES)
-    out = grads(model, torch.float32, lambda m, x: m(x))
+    with _pin(backend, monkeypatch):
+        out = grads(model, torch.float32, lambda m, x: m(x))
     assert out.keys() == ref.keys()
     for n in out:
         assert_rule(out[n], ref[n], low[n], f"pooled grad {n}")
 
 
-@pytest.mark.parametrize("backend", ["triton", "cpu"])
-def test_pooling_kernel_backends_match_evit_style_reference(backend):
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_pooling_kernel_backends_match_evit_style_reference(backend, monkeypatch):
     _skip_unless_available(backend, torch.float32)
     model = _model("deit_small_patch16_224", depth=3).eval()
     images = _images()
@@ -155,7 +175,7 @@ def test_pooling_kernel_backends_match_evit_style_reference(backend):
         ref, ref_counts = oracle.evit_vit_forward(copy.deepcopy(model).double(), images.double(), rates)
         low, _ = oracle.evit_vit_forward(model, images, rates)
         patch(model, keep_rates=rates)
-        with fastfer.use_backend(backend):
+        with _pin(backend, monkeypatch):
             logits, counts = _token_counts(model, images)
     assert counts == ref_counts == [9, 7, 7]
     assert_rule(logits, ref, low, f"{backend} pooled logits")
