@@ -1,4 +1,4 @@
-// Token-pool attention on CPU (DESIGN §2.2): CLS-row scores, selection and the attention of the kept query
+// Token-pool attention on CPU (docs/design.md §2.2): CLS-row scores, selection and the attention of the kept query
 // rows in one pass, and a flash-style backward that recomputes P from the saved log-sum-exp.
 //
 // Identities (natural log):

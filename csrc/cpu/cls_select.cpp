@@ -1,4 +1,4 @@
-// CLS-row scores over all heads and token selection on CPU (DESIGN §2.2), for one image.
+// CLS-row scores over all heads and token selection on CPU (docs/design.md §2.2), for one image.
 //
 // The attention forward (attention.cpp) computes each head's CLS logits row once, from the same fp32
 // K scratch the attention uses, and hands it here together with the row's log-sum-exp: logit_sum (APViT)

@@ -1,4 +1,4 @@
-// Attentive Patch Pooling on CPU (DESIGN §2.1): per image, one pass over the map for the channel scores,
+// Attentive Patch Pooling on CPU (docs/design.md §2.1): per image, one pass over the map for the channel scores,
 // top-k selection, and the gather of the kept positions (+ pos) into token layout. Images run in parallel.
 //
 // The map is read through (batch, position, channel) strides, so NCHW, channels_last and (B, N, C) token

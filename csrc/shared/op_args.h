@@ -3,7 +3,7 @@
 // Plain structs of pointers, sizes and element strides, filled by the Python bindings from tensors that
 // fastfer/ops/ext_api.py checked and allocated; no torch header is needed to use them. Every pointer is to
 // memory the caller owns (host memory for the CPU kernels, device memory for the CUDA ones); outputs are
-// fully overwritten. Shapes follow DESIGN §2: B batch, N positions/tokens, C channels, H heads, D head dim,
+// fully overwritten. Shapes follow docs/design.md §2: B batch, N positions/tokens, C channels, H heads, D head dim,
 // k / M kept positions / query rows. `threads` is the OpenMP thread count (ignored by the CUDA kernels).
 #pragma once
 

@@ -370,7 +370,7 @@ def _jit_build(kind: str, directory: Path, verbose: bool) -> ModuleType:
     # We hold the only lock on this directory, so a 'lock' file left by torch's own baton is stale (a killed
     # build); removing it avoids torch waiting on it forever.
     (directory / "lock").unlink(missing_ok=True)
-    _say(f"building the {kind} extension in {directory} (first use only; about a minute) ...")
+    _say(f"building the {kind} extension in {directory} (first use only; one to two minutes) ...")
     start = time.perf_counter()
     env_path = os.environ.get("PATH", "")
     ninja = _ninja_dir()
@@ -428,4 +428,4 @@ def describe(kind: str) -> str:
     if reasons:
         return f"{kind}: unavailable: " + "; ".join(reasons)
     when = "the first op call on CPU" if auto_build_enabled(kind) else "first explicit use"
-    return f"{kind}: not built yet; builds on {when} (about a minute, once) or `fastfer build-ext` into {build_dir(kind)}"
+    return f"{kind}: not built yet; builds on {when} (one to two minutes, once) or `fastfer build-ext` into {build_dir(kind)}"
