@@ -26,9 +26,11 @@ def check_selection(index: Tensor, scores: Tensor, k: int, dtype: torch.dtype, o
     assert bool((index[:, 1:] > index[:, :-1]).all()), "index: kept positions are not strictly ascending"
     assert bool(((index >= offset) & (index < N)).all()), f"index: positions outside [{offset}, {N})"
     kept = torch.zeros(B, N, dtype=torch.bool, device=scores.device).scatter_(1, index, True)
-    kept[:, :offset] = True
-    ranked = scores.masked_fill(~kept, float("inf")).amin(1)  # weakest kept
-    dropped = scores.masked_fill(kept, float("-inf")).amax(1)  # strongest dropped
+    # Positions < offset (CLS) are outside the ranking: neither kept nor dropped. (Counting CLS as kept made
+    # every provider fail on prob_mean, where CLS's own probability can be below a dropped token's.)
+    kept, ranked_scores = kept[:, offset:], scores[:, offset:]
+    ranked = ranked_scores.masked_fill(~kept, float("inf")).amin(1)  # weakest kept
+    dropped = ranked_scores.masked_fill(kept, float("-inf")).amax(1)  # strongest dropped
     tol = SCORE_RTOL[dtype] * scores.abs().amax(1) + 1e-6
     worst = (dropped - ranked - tol).max().item()
     assert worst <= 0, f"selection: a dropped position outscores a kept one by {worst + tol.max().item():.3g}"
