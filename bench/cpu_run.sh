@@ -5,12 +5,13 @@
 # model. Writes bench/results/cpu-<date>-t<threads>.json and one markdown report for all thread counts.
 #
 #   bench/cpu_run.sh [THREADS...]        # default: 1 2      (≈ 10 minutes per thread count on 2 cores)
+#   TAG=spr bench/cpu_run.sh 1 2         # names the files cpu-<date>-spr-t1.json … (several machines a day)
 #
 # Run it on a quiet machine: other processes disturb the times (the JSON records the load average).
 set -uo pipefail  # a failed case does not stop the other thread counts; the report shows what ran
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-day=$(date +%F)
+day=$(date +%F)${TAG:+-$TAG}
 threads=("${@:-1}")
 [ $# -eq 0 ] && threads=(1 2)
 jsons=()
