@@ -31,24 +31,42 @@ namespace fastfer {
 namespace cpu {
 
 #if FASTFER_ISA_VARIANTS
-namespace avx512 {
-#define FASTFER_ISA_ATTR __attribute__((target("arch=x86-64-v4,prefer-vector-width=512")))
+// AVX-512 plus AMX-BF16: bf16 inputs of the forward multiply in tiles at bf16 speed with fp32 accumulation
+// (amx_impl.h); fp32 / fp16 inputs and the backward run the AVX-512 code.
+namespace amx {
+#define FASTFER_ISA_ATTR __attribute__((target("arch=x86-64-v4,avx512bf16,amx-tile,amx-bf16,prefer-vector-width=512")))
 #define FASTFER_ISA_LEVEL 2
 #define FASTFER_ISA_ROWS 8
+#define FASTFER_ISA_AMX 1
 #include "attention_impl.h"
 #undef FASTFER_ISA_ATTR
 #undef FASTFER_ISA_LEVEL
 #undef FASTFER_ISA_ROWS
+#undef FASTFER_ISA_AMX
+}  // namespace amx
+
+namespace avx512 {
+#define FASTFER_ISA_ATTR __attribute__((target("arch=x86-64-v4,prefer-vector-width=512")))
+#define FASTFER_ISA_LEVEL 2
+#define FASTFER_ISA_ROWS 8
+#define FASTFER_ISA_AMX 0
+#include "attention_impl.h"
+#undef FASTFER_ISA_ATTR
+#undef FASTFER_ISA_LEVEL
+#undef FASTFER_ISA_ROWS
+#undef FASTFER_ISA_AMX
 }  // namespace avx512
 
 namespace avx2 {
 #define FASTFER_ISA_ATTR __attribute__((target("arch=x86-64-v3")))
 #define FASTFER_ISA_LEVEL 1
 #define FASTFER_ISA_ROWS 2
+#define FASTFER_ISA_AMX 0
 #include "attention_impl.h"
 #undef FASTFER_ISA_ATTR
 #undef FASTFER_ISA_LEVEL
 #undef FASTFER_ISA_ROWS
+#undef FASTFER_ISA_AMX
 }  // namespace avx2
 #endif
 
@@ -56,10 +74,12 @@ namespace portable {
 #define FASTFER_ISA_ATTR
 #define FASTFER_ISA_LEVEL 0
 #define FASTFER_ISA_ROWS 1
+#define FASTFER_ISA_AMX 0
 #include "attention_impl.h"
 #undef FASTFER_ISA_ATTR
 #undef FASTFER_ISA_LEVEL
 #undef FASTFER_ISA_ROWS
+#undef FASTFER_ISA_AMX
 }  // namespace portable
 
 namespace {
@@ -82,7 +102,7 @@ void forward_typed(const ClsSelectArgs& sel, const AttentionForwardArgs& a) {
   const int64_t H = s.H, HD = s.H * s.D, M = s.M;
   const int64_t G = std::min(s.B, kChunkImages);
   // Shared per (image in chunk, head): kt (d_pad × n_pad), v (N × d_pad), l0 (n_pad), lse0 (16).
-  const int64_t kt_size = g.d_pad * g.n_pad, v_size = g.N * g.d_pad, head_size = kt_size + v_size + g.n_pad + kLanes;
+  const int64_t kt_size = g.d_pad * g.n_pad, v_size = K::v_floats(g), head_size = kt_size + v_size + g.n_pad + kLanes;
   float* const shared = thread_scratch(0, G * H * head_size);
   const int64_t rows_total = M - 1;  // rows 1..M-1; row 0 (CLS) comes from phase 1
   const int64_t rb = block_rows(rows_total, kQueryBlock);
@@ -105,9 +125,10 @@ void forward_typed(const ClsSelectArgs& sel, const AttentionForwardArgs& a) {
 #pragma omp parallel num_threads(a.threads)
   {
     float* const ktmp = thread_scratch(1, g.N * g.d_pad);
-    float* const q = thread_scratch(2, std::max(rb, int64_t{8}) * g.d_pad);
-    float* const sc = thread_scratch(3, 8 * g.n_pad);
-    float* const o = thread_scratch(4, 8 * g.d_pad);
+    // Query rows go in groups of 8 (16 for AMX tiles): q, logits sc (then, for AMX, P in bf16), outputs o.
+    float* const q = thread_scratch(2, (std::max(rb, int64_t{8}) + 16) * g.d_pad);
+    float* const sc = thread_scratch(3, 16 * g.n_pad + 16 * (g.n_pad / 2 + 16));
+    float* const o = thread_scratch(4, 16 * g.d_pad);
     float* const lse_heads = thread_scratch(5, H);
     std::vector<int32_t> order(g.N);
     std::vector<uint8_t> kept(g.N);
@@ -177,12 +198,14 @@ void backward_typed(const AttentionBackwardArgs& a) {
     using Dims = ns::Dims;                                                             \
     static Dims dims_of(const TokenPoolArgs& s) { return ns::dims_of(s); }             \
     static int64_t grad_head_floats(const Dims& g) { return ns::grad_head_floats(g); } \
+    static int64_t v_floats(const Dims& g) { return ns::v_floats(g); }                 \
     template <typename T> static bool v_in_place(const TokenPoolArgs& s, const Dims& g) { return ns::v_in_place<T>(s, g); } \
     template <typename... A> static void prepare_head(A&&... x) { ns::prepare_head(x...); } \
     template <typename... A> static void attend_rows(A&&... x) { ns::attend_rows(x...); }   \
     template <typename... A> static void grad_head(A&&... x) { ns::grad_head(x...); }       \
   };
 #if FASTFER_ISA_VARIANTS
+FASTFER_VARIANT(amx)
 FASTFER_VARIANT(avx512)
 FASTFER_VARIANT(avx2)
 #endif
@@ -194,6 +217,7 @@ template <typename Fn>
 void with_variant(Isa isa, Fn&& fn) {
   switch (resolve_isa(isa)) {
 #if FASTFER_ISA_VARIANTS
+    case Isa::kAmx: return fn(amx_kernels{});
     case Isa::kAvx512: return fn(avx512_kernels{});
     case Isa::kAvx2: return fn(avx2_kernels{});
 #endif

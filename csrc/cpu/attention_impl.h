@@ -1,9 +1,16 @@
 // Token-pool attention on CPU, one instruction-set variant (isa.h): no include guard; attention.cpp includes
 // this file once per variant inside namespace fastfer::cpu::<variant> with FASTFER_ISA_ATTR,
 // FASTFER_ISA_LEVEL and FASTFER_ISA_ROWS (rows of a register tile: 8 with 32 zmm registers, fewer with 16)
+// and FASTFER_ISA_AMX (1: bf16 inputs of the forward take the AMX tile path of amx_impl.h)
 // defined. See attention.cpp for the algorithm.
 
 #include "vec_impl.h"
+
+// True when this variant's forward multiplies T inputs as bf16 pairs (no conversion to fp32 scratch).
+template <typename T>
+constexpr bool bf16_dots() {
+  return FASTFER_ISA_AMX && std::is_same<T, c10::BFloat16>::value;
+}
 
 constexpr int kR = FASTFER_ISA_ROWS;
 
@@ -15,6 +22,16 @@ struct Dims {
 inline Dims dims_of(const TokenPoolArgs& s) {
   return Dims{s.N, s.M, s.D, round_up(s.N, kLanes), round_up(s.D, kLanes)};
 }
+
+// Key pairs of the bf16 V layout of amx_impl.h: n_pad/2 rounded up to whole 16-row AMX tiles.
+inline int64_t value_pairs(const Dims& g) { return round_up(g.n_pad / 2, kLanes); }
+
+// Floats of a head's shared V scratch: fp32 rows (N × d_pad) or bf16 key pairs (value_pairs × d_pad words).
+inline int64_t v_floats(const Dims& g) { return std::max(g.N, value_pairs(g)) * g.d_pad; }
+
+#if FASTFER_ISA_AMX
+#include "amx_impl.h"
+#endif
 
 // ---- forward ------------------------------------------------------------------------------------------
 
@@ -33,6 +50,11 @@ template <typename T>
 FASTFER_ISA_ATTR void prepare_head(const TokenPoolArgs& s, const T* head, const Dims& g, float* kt, const float* v,
                                    int64_t ldv, float* l0, float* lse0, T* out_row0, float* ktmp, float* q0,
                                    float* srow, float* o0) {
+#if FASTFER_ISA_AMX
+  if constexpr (bf16_dots<T>()) {
+    return prepare_head_bf16(s, head, g, kt, const_cast<float*>(v), l0, lse0, out_row0, ktmp, q0, srow, o0);
+  }
+#endif
   load_rows(head + s.stride_3, s.stride_n, s.stride_d, nullptr, g.N, g.D, 1.0f, ktmp, g.d_pad, g.N);
   transpose(ktmp, g.N, g.n_pad, g.d_pad, g.d_pad, kt, g.n_pad);
   if (!v_in_place<T>(s, g))
@@ -56,6 +78,9 @@ template <typename T>
 FASTFER_ISA_ATTR void attend_rows(const TokenPoolArgs& s, const T* head, const Dims& g, const float* kt,
                                   const float* v, int64_t ldv, const int64_t* rows, int64_t count, T* out, int64_t out_stride,
                                   float* lse, float* q, float* sc, float* o) {
+#if FASTFER_ISA_AMX
+  if constexpr (bf16_dots<T>()) return attend_rows_bf16(s, head, g, kt, v, rows, count, out, out_stride, lse, q, sc, o);
+#endif
   constexpr int kGroup = 8;
   const int64_t total = round_up(count, kGroup);
   load_rows(head, s.stride_n, s.stride_d, rows, count, g.D, s.scale, q, g.d_pad, total);

@@ -8,7 +8,8 @@
 // a bad index would write out of bounds; everything else is the caller's contract.
 //
 // Kernel variant (csrc/cpu/isa.h): FASTFER_CPU_KERNELS is read once, when the module is imported —
-// "auto" (default, the widest instruction set this CPU has), "avx512", "avx2" or "portable" (baseline
+// "auto" (default, the widest instruction set this CPU has), "amx" (AVX-512 plus AMX-BF16 tiles for bf16
+// attention: Sapphire Rapids and later), "avx512", "avx2" or "portable" (baseline
 // x86-64, as on a CPU without AVX) — and the choice is passed to every kernel call. kernels() says what
 // runs; set_kernels(name) changes it (tests run both the AVX-512 and the portable variant in one process).
 #include <pybind11/pybind11.h>
@@ -37,10 +38,10 @@ namespace {
 using fastfer::cpu::Isa;
 
 Isa parse_isa(const std::string& name) {
-  for (Isa isa : {Isa::kAuto, Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+  for (Isa isa : {Isa::kAuto, Isa::kPortable, Isa::kAvx2, Isa::kAvx512, Isa::kAmx}) {
     if (name == fastfer::cpu::isa_name(isa)) return isa;
   }
-  throw std::invalid_argument("FASTFER_CPU_KERNELS: expected one of auto, avx512, avx2, portable, got '" + name + "'");
+  throw std::invalid_argument("FASTFER_CPU_KERNELS: expected one of auto, amx, avx512, avx2, portable, got '" + name + "'");
 }
 
 // The variant every call uses (resolved, never kAuto), and why (for kernels()).

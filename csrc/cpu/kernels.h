@@ -9,10 +9,12 @@
 namespace fastfer {
 namespace cpu {
 
-// Instruction-set variant of the kernels (isa.h). kAuto: the best one this CPU supports.
-enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2, kAuto = 3 };
+// Instruction-set variant of the kernels (isa.h). kAuto: the best one this CPU supports. kAmx is
+// kAvx512 plus AMX-BF16 tile products and AVX512-BF16 conversions for bf16 inputs of the attention forward
+// (amx_impl.h); everything else runs the kAvx512 code.
+enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2, kAmx = 3, kAuto = 4 };
 
-// Names as FASTFER_CPU_KERNELS spells them: "portable", "avx2", "avx512", "auto".
+// Names as FASTFER_CPU_KERNELS spells them: "portable", "avx2", "avx512", "amx", "auto".
 const char* isa_name(Isa isa);
 // True when the variant is compiled in and this CPU can run it (kPortable: always).
 bool isa_supported(Isa isa);

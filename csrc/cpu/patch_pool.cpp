@@ -229,13 +229,19 @@ void backward_typed(const PatchPoolBackwardArgs& a, Isa isa) {
 
 }  // namespace
 
-void patch_pool_forward(const PatchPoolForwardArgs& a, Isa isa) {
+// Patch pooling has no dot products: the AMX variant runs the AVX-512 code.
+Isa patch_pool_isa(Isa isa) {
   isa = resolve_isa(isa);
+  return isa == Isa::kAmx ? Isa::kAvx512 : isa;
+}
+
+void patch_pool_forward(const PatchPoolForwardArgs& a, Isa isa) {
+  isa = patch_pool_isa(isa);
   dispatch(a.dtype, [&](auto tag) { forward_typed<decltype(tag)>(a, isa); });
 }
 
 void patch_pool_backward(const PatchPoolBackwardArgs& a, Isa isa) {
-  isa = resolve_isa(isa);
+  isa = patch_pool_isa(isa);
   dispatch(a.dtype, [&](auto tag) { backward_typed<decltype(tag)>(a, isa); });
 }
 

@@ -1,5 +1,6 @@
 """The instruction-set variants of the C++ ``cpu`` backend (csrc/cpu/isa.h): every variant this CPU can run —
-the portable baseline x86-64 one (what a CPU without AVX gets), AVX2 and AVX-512 — against the reference at
+the portable baseline x86-64 one (what a CPU without AVX gets), AVX2, AVX-512 and AMX (AVX-512 plus AMX-BF16
+tiles for the bf16 forward) — against the reference at
 APViT / ViT sizes in every dtype, NaN and poisoning included; the run-time choice (FASTFER_CPU_KERNELS read
 at import, ``set_kernels``); and the variants agreeing with each other."""
 import os
@@ -17,7 +18,7 @@ from tests.ops.ext_helpers import check_patch_pool, check_token_pool, require_ex
 from tests.ops.helpers import check_backward
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-VARIANTS = ["portable", "avx2", "avx512"]
+VARIANTS = ["portable", "avx2", "avx512", "amx"]
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,38 @@ def test_nan_and_inf_per_variant(variant):
             assert torch.allclose(mine[finite], ref[finite], atol=1e-5, rtol=1e-5), (score, name)
 
 
+def test_nan_and_inf_bf16_per_variant(variant):
+    # bf16 takes the AMX tile path in the amx variant (its own exp, masks and padding): NaN and ±inf must
+    # land where the fp64 reference puts them, for the kernel's own selection.
+    torch.manual_seed(6)
+    qkv = torch.randn(2, 19, 3, 2, 16)
+    qkv[0, 4, 2, 1, 5] = float("nan")
+    qkv[1, 7, 1, 0] = float("-inf")
+    qkv[1, 0, 0, 1] = float("inf")
+    qkv = qkv.to(torch.bfloat16)
+    scale = 16**-0.5
+    for score in reference.CLS_SCORES:
+        with fastfer.use_backend("cpu"):
+            out, index, scores, lse = torch.ops.fastfer.token_pool_attention(qkv, 12, scale, score)
+        ref_scores = reference.token_pool_attention(qkv.double(), 12, scale, score)[2]
+        ref_out, ref_lse = reference.attend(qkv.double(), index, scale)
+        for name, mine, ref in (("out", out, ref_out), ("scores", scores, ref_scores), ("lse", lse, ref_lse)):
+            assert torch.equal(mine.isnan(), ref.isnan()), (score, name)
+            assert torch.equal(mine.isinf(), ref.isinf()), (score, name)
+            finite = ref.isfinite()
+            torch.testing.assert_close(mine[finite].double(), ref[finite].double(), atol=3e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_forward_element_is_written_per_variant(variant, dtype, monkeypatch):
+    monkeypatch.setenv("FASTFER_POISON", "1")
+    torch.manual_seed(9)
+    qkv = torch.randn(3, 197, 3, 4, 64).to(dtype)
+    out, index, scores = fastfer.token_pool_attention(qkv, 100, backend="cpu")
+    assert out.isfinite().all() and scores.isfinite().all()
+    assert (index >= 0).all()
+
+
 def test_every_output_element_is_written_per_variant(variant, monkeypatch):
     # Outputs are allocated NaN-poisoned: an element a kernel skips shows up as NaN.
     monkeypatch.setenv("FASTFER_POISON", "1")
@@ -124,7 +157,7 @@ def test_variants_agree(module):
 
 
 def test_set_kernels_rejects_unknown_names(module):
-    with pytest.raises(ValueError, match="expected one of auto, avx512, avx2, portable"):
+    with pytest.raises(ValueError, match="expected one of auto, amx, avx512, avx2, portable"):
         module.set_kernels("sse9")
     assert module.kernels().split(" ")[0] in VARIANTS
 
