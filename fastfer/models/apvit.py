@@ -66,6 +66,9 @@ class APViT(nn.Module):
         drop_path_rate: stochastic depth, linearly increasing over blocks (0 in the paper).
         global_pool: ``token`` (CLS, the paper), ``avg`` (mean of the remaining patch tokens) or ``''``.
         label_names: class names in logit order; default: the canonical order when num_classes is 7 or 8.
+        head_init_std: 0 (the paper's LinearClsHead) starts the classifier at zero; > 0 draws its weights from a
+            trunc-normal of that std, so gradients reach the ViT from the first step (from scratch the zero head
+            left the demo model's ViT at chance for several epochs; see the synthetic recipe).
 
     ``forward(x)``: x (B, 3, H, W) normalised RGB → logits (B, num_classes).
     ``forward_features(x)`` → tokens after the final LayerNorm (B, M, embed_dim), M = 1 + tokens left after
@@ -100,8 +103,12 @@ class APViT(nn.Module):
         drop_path_rate: float = 0.0,
         global_pool: str = "token",
         label_names: Optional[Sequence[str]] = None,
+        head_init_std: float = 0.0,
     ):
         super().__init__()
+        if isinstance(head_init_std, bool) or not isinstance(head_init_std, (int, float)) or not head_init_std >= 0:
+            raise ValueError(f"head_init_std: expected a number >= 0, got {head_init_std!r}")
+        self.head_init_std = float(head_init_std)
         if in_chans != 3:
             raise ValueError(f"in_chans: APViT's IR trunk takes RGB input, expected 3, got {in_chans!r}")
         if global_pool not in GLOBAL_POOLS:
@@ -158,11 +165,13 @@ class APViT(nn.Module):
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight), nn.init.zeros_(m.bias)
-        self._zero_head()
+        self._init_head()
 
-    def _zero_head(self) -> None:
-        if isinstance(self.head, nn.Linear):  # APViT's LinearClsHead starts at zero
+    def _init_head(self) -> None:
+        if isinstance(self.head, nn.Linear):  # APViT's LinearClsHead starts at zero (head_init_std 0)
             nn.init.zeros_(self.head.weight), nn.init.zeros_(self.head.bias)
+            if self.head_init_std > 0:
+                trunc_normal_(self.head.weight, std=self.head_init_std)
 
     # --- timm model contract ----------------------------------------------------------------------------------
 
@@ -187,7 +196,8 @@ class APViT(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None,
                          label_names: Optional[Sequence[str]] = None) -> None:
-        """New zero-initialised head of ``num_classes`` outputs (0 → none); optionally a new pooling mode
+        """New head of ``num_classes`` outputs (0 → none), initialised as at construction (zero unless
+        ``head_init_std``); optionally a new pooling mode
         (``''``: ``forward`` returns the unpooled tokens)."""
         if global_pool is not None:
             if global_pool not in GLOBAL_POOLS:
@@ -198,7 +208,7 @@ class APViT(nn.Module):
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if isinstance(old, nn.Linear):
             self.head.to(device=old.weight.device, dtype=old.weight.dtype)
-        self._zero_head()
+        self._init_head()
         self.label_names = default_label_names(num_classes, label_names)
 
     # --- forward ----------------------------------------------------------------------------------------------

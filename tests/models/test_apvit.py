@@ -236,3 +236,17 @@ def test_unpooled_mode_and_features_only():
     features = timm.create_model("apvit_tiny", features_only=True).eval()
     assert features.feature_info.channels() == [128] * 3 and features.feature_info.reduction() == [8] * 3
     assert [tuple(o.shape) for o in features(x)] == [(1, 128, 14, 14)] * 3
+
+
+def test_head_init_std():
+    # 0 (default): the paper's zero head; > 0: trunc-normal weights (zero bias), also after reset_classifier.
+    assert (create_model("apvit_tiny").head.weight == 0).all()
+    model = create_model("apvit_tiny", head_init_std=0.02)
+    w = model.head.weight
+    assert (w != 0).all() and 0.01 < float(w.std()) < 0.03
+    assert (model.head.bias == 0).all()
+    model.reset_classifier(3)
+    assert (model.head.weight != 0).all() and model.head.weight.shape == (3, 128)
+    for bad in (-0.1, True, "0.02", float("nan")):
+        with pytest.raises(ValueError, match="head_init_std: expected a number >= 0"):
+            create_model("apvit_tiny", head_init_std=bad)

@@ -65,7 +65,8 @@ def test_train_and_predictor_use_auto(features):
     assert not p.channels_last
 
 
-#: apvit_tiny trained by the main job (``fastfer train --out RUN``, 16 epochs; 97.1 % on the synthetic test
+#: apvit_tiny trained by the main job (``fastfer train --out RUN``, 16 epochs, the recipe of 2026-12-02 with the
+#: zero-initialised head; 97.1 % on the synthetic test
 #: split), RUN/model.safetensors with its metadata. Trained weights make the guard mean something (an
 #: untrained model's logits are nearly tied), and training one inside the test would cost minutes.
 TRAINED = Path(__file__).resolve().parents[1] / "fixtures" / "apvit_tiny_synthetic.safetensors"
