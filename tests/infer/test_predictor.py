@@ -6,8 +6,15 @@ import torch
 
 import fastfer.models
 from fastfer.data.face import NoFaceError
-from fastfer.infer import Predictor
+from fastfer.infer import Predictor as _Predictor
 from fastfer.train.checkpoint import save_weights
+
+
+def Predictor(*args, amp="off", **kwargs):
+    """fastfer's Predictor in fp32 unless a test asks otherwise: its default (amp auto) is bf16 on a CPU with
+    AMX / AVX512-BF16, and these tests compare logits exactly."""
+    return _Predictor(*args, amp=amp, **kwargs)
+
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -31,7 +38,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def predictor(model):
-    return Predictor(model, device="cpu", amp="off", backend="torch", batch_size=4)
+    return Predictor(model, device="cpu", backend="torch", batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +99,8 @@ def test_predict_matches_the_model_on_the_aligned_crop(predictor, model, astrona
 def test_batched_equals_one_by_one(model, astronaut):
     """Faces of several images classified together (batch 3) equal each image run alone (batch 1)."""
     images = [astronaut, astronaut[:, ::-1].copy(), np.zeros((60, 80, 3), np.uint8), astronaut[20:, 10:240]]
-    batched = Predictor(model, device="cpu", amp="off", batch_size=3).predict(images)
-    single = Predictor(model, device="cpu", amp="off", batch_size=1)
+    batched = Predictor(model, device="cpu", batch_size=3).predict(images)
+    single = Predictor(model, device="cpu", batch_size=1)
     assert [len(f) for f in batched] == [1, 1, 0, 1]
     for image, faces in zip(images, batched):
         _assert_same(faces, single.predict(image)[0])
@@ -128,7 +135,7 @@ def test_predict_tensor_batch_and_pil(predictor, astronaut):
 def test_given_boxes_and_landmarks_skip_detection(model, astronaut):
     from fastfer.data.face import reference_points
 
-    predictor = Predictor(model, device="cpu", amp="off", detector=lambda image: pytest.fail("detector must not run"))
+    predictor = Predictor(model, device="cpu", detector=lambda image: pytest.fail("detector must not run"))
     lm = np.array([[138.0, 101.0], [183.0, 103.0], [161.0, 129.0], [138.0, 139.0], [181.0, 142.0]])
     (faces,) = predictor.predict([astronaut], landmarks=[[lm]])
     assert faces[0]["alignment"] == "5-point"
@@ -144,10 +151,10 @@ def test_given_boxes_and_landmarks_skip_detection(model, astronaut):
 
 def test_no_face_policies(model):
     blank = np.zeros((64, 64, 3), np.uint8)
-    assert Predictor(model, device="cpu", amp="off").predict(blank) == [[]]
-    (faces,) = Predictor(model, device="cpu", amp="off", no_face="full").predict(blank)
+    assert Predictor(model, device="cpu").predict(blank) == [[]]
+    (faces,) = Predictor(model, device="cpu", no_face="full").predict(blank)
     assert faces[0]["alignment"] == "full" and faces[0]["box"] == [0.0, 0.0, 64.0, 64.0]
-    strict = Predictor(model, device="cpu", amp="off", no_face="error", detector=lambda image: [])
+    strict = Predictor(model, device="cpu", no_face="error", detector=lambda image: [])
     with pytest.raises(NoFaceError, match=r"images\[0\]: no face found"):
         strict.predict([blank, blank])
     with pytest.raises(NoFaceError, match=r"clip.mp4#frame3: no face found"):
@@ -156,7 +163,7 @@ def test_no_face_policies(model):
 
 def test_multi_face_largest(model, astronaut):
     boxes = [[[10, 10, 40, 40], [116, 62, 204, 172]]]
-    (faces,) = Predictor(model, device="cpu", amp="off", multi_face="largest").predict([astronaut], boxes=boxes)
+    (faces,) = Predictor(model, device="cpu", multi_face="largest").predict([astronaut], boxes=boxes)
     assert len(faces) == 1 and faces[0]["box"] == [116.0, 62.0, 204.0, 172.0]
 
 
@@ -186,7 +193,7 @@ def test_predict_faces_resizes_crops(predictor, astronaut):
 
 
 def test_detector_none_treats_images_as_crops(model):
-    predictor = Predictor(model, device="cpu", amp="off", detector="none")
+    predictor = Predictor(model, device="cpu", detector="none")
     crops = torch.randint(0, 256, (4, 3, 112, 112), dtype=torch.uint8)
     faces = predictor.predict(crops)
     assert all(len(f) == 1 and f[0]["alignment"] == "full" and f[0]["box"] == [0, 0, 112, 112] for f in faces)
@@ -215,7 +222,7 @@ def test_explain_needs_a_model_with_details():
         def forward(self, x):
             return x.mean((2, 3))[:, :2]
 
-    predictor = Predictor(Plain(), device="cpu", amp="off", detector="none")
+    predictor = Predictor(Plain(), device="cpu", detector="none")
     assert not predictor.can_explain
     assert predictor.predict_faces(torch.zeros(1, 3, 8, 8))[0]["label"] in ("a", "b")
     with pytest.raises(TypeError, match="explain"):
@@ -229,9 +236,9 @@ def test_checkpoint_file_and_run_folder(model, tmp_path):
     run = tmp_path / "run"
     save_weights(run / "model.safetensors", model.state_dict(), _checkpoint_meta(model))
     crops = torch.randint(0, 256, (4, 3, 112, 112), dtype=torch.uint8)
-    expected = Predictor(model, device="cpu", amp="off", detector="none").predict_faces(crops)
+    expected = Predictor(model, device="cpu", detector="none").predict_faces(crops)
     for source in (run / "model.safetensors", run):
-        p = Predictor(source, device="cpu", amp="off", backend="torch", detector="none")
+        p = Predictor(source, device="cpu", backend="torch", detector="none")
         assert p.info.model_name == "apvit_tiny" and p.info.alignment == "5-point"
         _assert_same(p.predict_faces(crops), expected)
 
@@ -248,8 +255,8 @@ def test_plain_state_dict_needs_the_model_name(tmp_path):
     model = fastfer.models.create_model("apvit_tiny", num_classes=8).eval()
     path = _save_plain(model, tmp_path / "plain.safetensors")
     with pytest.raises(ValueError, match="pass model_name"):
-        Predictor(path, device="cpu", amp="off")
-    p = Predictor(path, device="cpu", amp="off", model_name="apvit_tiny", backend="torch", detector="none")
+        Predictor(path, device="cpu")
+    p = Predictor(path, device="cpu", model_name="apvit_tiny", backend="torch", detector="none")
     assert p.label_names == model.label_names and len(p.label_names) == 8
 
 
@@ -257,16 +264,16 @@ def test_checkpoint_of_another_model_or_class_count(model, tmp_path):
     path = tmp_path / "model.safetensors"
     save_weights(path, model.state_dict(), _checkpoint_meta(model))
     with pytest.raises(ValueError, match="holds a 'apvit_tiny' model, not 'apvit'"):
-        Predictor(path, device="cpu", amp="off", model_name="apvit")
+        Predictor(path, device="cpu", model_name="apvit")
     with pytest.raises(ValueError, match="has 7 classes, not num_classes=8"):
-        Predictor(path, device="cpu", amp="off", num_classes=8)
+        Predictor(path, device="cpu", num_classes=8)
     plain = _save_plain(fastfer.models.create_model("apvit_tiny", num_classes=8), tmp_path / "eight.safetensors")
     with pytest.raises(ValueError, match="has 8 classes, not num_classes=7"):
-        Predictor(plain, device="cpu", amp="off", model_name="apvit_tiny", num_classes=7)
+        Predictor(plain, device="cpu", model_name="apvit_tiny", num_classes=7)
     other = _save_plain(model, tmp_path / "micro.safetensors")  # micro weights, default apvit_tiny config
     with pytest.raises(ValueError, match=r"does not fit the model:\n  blocks.0.attn.proj.bias: checkpoint \[32\], "
                                          r"model \[128\]"):
-        Predictor(other, device="cpu", amp="off", model_name="apvit_tiny")
+        Predictor(other, device="cpu", model_name="apvit_tiny")
 
 
 def test_missing_checkpoint(tmp_path):
@@ -352,17 +359,17 @@ def test_temperature_from_the_checkpoint_and_min_confidence(model, tmp_path):
     path = tmp_path / "model.safetensors"
     save_weights(path, model.state_dict(), {**_checkpoint_meta(model), "calibration": {"temperature": 2.5}})
     crops = torch.randint(0, 256, (4, 3, 112, 112), dtype=torch.uint8)
-    calibrated = Predictor(path, device="cpu", amp="off", backend="torch", detector="none")
+    calibrated = Predictor(path, device="cpu", backend="torch", detector="none")
     assert calibrated.info.temperature == 2.5 and calibrated.temperature == 2.5
-    plain = Predictor(model, device="cpu", amp="off", backend="torch", detector="none")
+    plain = Predictor(model, device="cpu", backend="torch", detector="none")
     for c, p in zip(calibrated.predict_faces(crops), plain.predict_faces(crops)):
         np.testing.assert_allclose(c["logits"], p["logits"], atol=1e-5)  # logits stay raw
         expected = torch.tensor(p["logits"]).div(2.5).softmax(0).numpy()
         np.testing.assert_allclose(list(c["probs"].values()), expected, rtol=1e-5, atol=1e-7)
         assert c["confidence"] < p["confidence"]  # T > 1 softens
-    override = Predictor(path, device="cpu", amp="off", backend="torch", detector="none", temperature=1.0)
+    override = Predictor(path, device="cpu", backend="torch", detector="none", temperature=1.0)
     _assert_same(override.predict_faces(crops), plain.predict_faces(crops))
-    picky = Predictor(model, device="cpu", amp="off", backend="torch", detector="none", min_confidence=0.999)
+    picky = Predictor(model, device="cpu", backend="torch", detector="none", min_confidence=0.999)
     results = picky.predict_faces(crops)
     assert all(r["label"] == "uncertain" for r in results if r["confidence"] < 0.999)
     assert all(list(r["probs"]) == list(picky.label_names) for r in results)  # every class still there
@@ -380,7 +387,7 @@ def test_own_label_checkpoint_predicts_its_names(tmp_path):
     path = tmp_path / "own.safetensors"
     meta = {**_checkpoint_meta(model), "num_classes": 3, "label_names": names}
     save_weights(path, model.state_dict(), meta)
-    p = Predictor(path, device="cpu", amp="off", backend="torch", detector="none")
+    p = Predictor(path, device="cpu", backend="torch", detector="none")
     assert p.label_names == tuple(names)
     (r,) = p.predict_faces(torch.randint(0, 256, (1, 3, 112, 112), dtype=torch.uint8))
     assert list(r["probs"]) == names and r["label"] in names
@@ -412,7 +419,7 @@ def test_bad_arguments(model, kwargs, match):
 
 def test_bf16_autocast_on_cpu_is_close(model):
     crops = torch.randint(0, 256, (4, 3, 112, 112), dtype=torch.uint8)
-    fp32 = Predictor(model, device="cpu", amp="off", detector="none").predict_faces(crops)
+    fp32 = Predictor(model, device="cpu", detector="none").predict_faces(crops)
     bf16 = Predictor(model, device="cpu", detector="none", amp="bf16").predict_faces(crops)
     np.testing.assert_allclose([r["logits"] for r in bf16], [r["logits"] for r in fp32], atol=0.5)
 
@@ -425,7 +432,7 @@ def test_bf16_autocast_on_cpu_is_close(model):
 def test_cuda_matches_cpu(options):
     model = tiny_model()
     crops = torch.randint(0, 256, (5, 3, 112, 112), dtype=torch.uint8)
-    cpu = Predictor(model, device="cpu", amp="off", backend="torch", detector="none").predict_faces(crops)
+    cpu = Predictor(model, device="cpu", backend="torch", detector="none").predict_faces(crops)
     cuda = Predictor(tiny_model(), device="cuda", detector="none", batch_size=4, **options)
     for _ in range(2):  # the second call replays the captured graph / compiled code
         got = cuda.predict_faces(crops.cuda())
@@ -438,7 +445,7 @@ def test_non_finite_logits_mark_the_face_error_never_a_label():
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(float("nan"))
-    p = Predictor(model, device="cpu", amp="off", detector="none")
+    p = Predictor(model, device="cpu", detector="none")
     out = p.predict_faces(torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8))
     assert [r["label"] for r in out] == ["error", "error"]
     assert all(r["confidence"] is None and set(r["probs"].values()) == {None} for r in out)
