@@ -70,16 +70,6 @@ FASTFER_VI void load_value_pairs(const uint16_t* src, int64_t stride_n, int64_t 
   }
 }
 
-// dst[0..n) bf16 words of the fp32 row src[0..2n) in order (round to nearest even; n a multiple of 8),
-// then zero words up to `padded`.
-FASTFER_VI void round_row_bf16(const float* src, int64_t n, int64_t padded, uint32_t* dst) {
-  for (int64_t i = 0; i < n; i += 8) {
-    const __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + 2 * i));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), (__m256i)h);
-  }
-  for (int64_t i = n; i < padded; ++i) dst[i] = 0;
-}
-
 // s[r][0..16·CV) = mul · Σ_p a[r][p] ⋅ b[p][0..16·CV) for r < R, where ⋅ is the two-element bf16 dot of
 // one word pair (vdpbf16ps). S = Q Kᵀ (a = q words, b = kt2) and O = P V (a = p words, b = v2).
 template <int R, int CV>
@@ -127,10 +117,10 @@ FASTFER_VI __m512 exp_nonpositive(__m512 x) {
   const __m512 lo = _mm512_set1_ps(-87.0f);
   const __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ);  // x ≥ −87 or NaN
   x = _mm512_max_ps(lo, x);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723e-6f), r);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
   __m512 p = _mm512_set1_ps(1.0f / 120.0f);
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
@@ -187,10 +177,10 @@ FASTFER_VI void tiles_configure() {
   _tile_loadconfig(&config);
 }
 
-// s[0..16)[0..cols) = mul · Σ_p a[r][p] ⋅ b[p][0..cols) over 16 rows with AMX (configured): a 16 rows ×
+// s[0..16)[0..cols) = Σ_p a[r][p] ⋅ b[p][0..cols) over 16 rows with AMX (configured): a 16 rows ×
 // depth words (row stride lda), b depth × cols words (row stride ldb); depth and cols multiples of 16.
 FASTFER_VI void tile_rows_dot(const uint32_t* a, int64_t lda, const uint32_t* b, int64_t ldb, int64_t depth,
-                              int64_t cols, float mul, float* s, int64_t lds) {
+                              int64_t cols, float* s, int64_t lds) {
   // GCC's tile intrinsics are asm statements that do not declare the memory they read and write: the
   // fences keep the stores to a and b before the tile loads and the reads of s after the tile stores.
   asm volatile("" ::: "memory");
@@ -218,37 +208,31 @@ FASTFER_VI void tile_rows_dot(const uint32_t* a, int64_t lda, const uint32_t* b,
     _tile_stored(0, s + c, lds * 4);
   }
   asm volatile("" ::: "memory");
-  if (mul != 1.0f) {
-    const __m512 m = _mm512_set1_ps(mul);
-    for (int r = 0; r < kLanes; ++r)
-      for (int64_t j = 0; j < cols; j += kLanes) _mm512_storeu_ps(s + r * lds + j, _mm512_mul_ps(_mm512_loadu_ps(s + r * lds + j), m));
-  }
 }
 
 // Phase 1 for bf16 (prepare_head's contract): kt2 and v2 into the head's shared scratch (kt, v reused as
-// words), the CLS row's logits l0, output row 0 and lse. ktmp, q0, srow (n_pad + value_pairs), o0 as there.
+// words), the CLS row's logits l0, output row 0 and lse. ktmp, q0, o0 as there; srow holds the row's P in
+// bf16 (value_pairs words; the softmax reads l0 in place).
 template <typename T>
 FASTFER_ISA_ATTR void prepare_head_bf16(const TokenPoolArgs& s, const T* head, const Dims& g, float* kt, float* v,
                                         float* l0, float* lse0, T* out_row0, float* ktmp, float* q0, float* srow,
                                         float* o0) {
   const uint16_t* bits = reinterpret_cast<const uint16_t*>(head);
-  const int64_t kp = pair_words(g), half = g.n_pad / 2, pairs = value_pairs(g);
+  const int64_t kp = pair_words(g), pairs = value_pairs(g);
   uint32_t* const kt2 = reinterpret_cast<uint32_t*>(kt);
   uint32_t* const v2 = reinterpret_cast<uint32_t*>(v);
   uint32_t* const words = reinterpret_cast<uint32_t*>(ktmp);
   uint32_t* const q2 = reinterpret_cast<uint32_t*>(q0);
-  uint32_t* const p2 = reinterpret_cast<uint32_t*>(srow + g.n_pad);
+  uint32_t* const p2 = reinterpret_cast<uint32_t*>(srow);
   load_pair_rows(bits + s.stride_3, s.stride_n, s.stride_d, nullptr, g.N, g.D, words, kp, g.N);
   // A transpose of 32-bit words: the float vectors only move bit patterns (no arithmetic on them).
   transpose(reinterpret_cast<const float*>(words), g.N, g.n_pad, kp, kp, kt, g.n_pad);
   load_value_pairs(bits + 2 * s.stride_3, s.stride_n, s.stride_d, g, v2);
   load_pair_rows(bits, s.stride_n, s.stride_d, nullptr, 1, g.D, q2, kp, 1);
-  rows_pair_dot<1>(q2, kp, kt2, g.n_pad, kp, g.n_pad, s.scale, l0, g.n_pad);
-  std::memcpy(srow, l0, g.n_pad * sizeof(float));
+  rows_pair_dot<1>(q2, kp, kt2, g.n_pad, kp, g.n_pad, s.scale, l0, g.n_pad);  // scaled: also the scores' input
   float row_max, row_sum;
-  softmax_row(srow, g.N, g.n_pad, &row_max, &row_sum);
-  round_row_bf16(srow, half, pairs, p2);
-  rows_pair_dot<1>(p2, pairs, v2, g.d_pad, half, g.d_pad, 1.0f, o0, g.d_pad);
+  softmax_row_bf16(l0, g.N, g.n_pad, 1.0f, pairs, p2, &row_max, &row_sum);
+  rows_pair_dot<1>(p2, pairs, v2, g.d_pad, g.n_pad / 2, g.d_pad, 1.0f, o0, g.d_pad);
   convert_out(o0, g.D, 1.0f / row_sum, out_row0);
   *lse0 = row_max + std::log(row_sum);
 }
@@ -268,11 +252,11 @@ FASTFER_ISA_ATTR void attend_rows_bf16(const TokenPoolArgs& s, const T* head, co
   load_pair_rows(reinterpret_cast<const uint16_t*>(head), s.stride_n, s.stride_d, rows, count, g.D, q2, kp, total);
   tiles_configure();
   for (int64_t g0 = 0; g0 < total; g0 += kGroup) {
-    tile_rows_dot(q2 + g0 * kp, kp, kt2, g.n_pad, kp, g.n_pad, 1.0f, sc, g.n_pad);
+    tile_rows_dot(q2 + g0 * kp, kp, kt2, g.n_pad, kp, g.n_pad, sc, g.n_pad);
     float row_max[kGroup], row_sum[kGroup];
     for (int r = 0; r < kGroup; ++r)
       softmax_row_bf16(sc + r * g.n_pad, g.N, g.n_pad, s.scale, pairs, p2 + r * pairs, &row_max[r], &row_sum[r]);
-    tile_rows_dot(p2, pairs, v2, g.d_pad, pairs, g.d_pad, 1.0f, o, g.d_pad);
+    tile_rows_dot(p2, pairs, v2, g.d_pad, pairs, g.d_pad, o, g.d_pad);
     for (int r = 0; r < kGroup && g0 + r < count; ++r) {
       convert_out(o + r * g.d_pad, g.D, 1.0f / row_sum[r], out + (g0 + r) * out_stride);
       lse[g0 + r] = row_max[r] + std::log(row_sum[r]);

@@ -91,11 +91,13 @@ inline float* thread_scratch(int slot, int64_t count) {
 // r = x − n·ln 2 split in two constants (Cody–Waite) so r is exact, |r| ≤ ln2/2; a degree-7 Taylor
 // polynomial of exp(r) is then accurate to < 1e-8 relative. NaN propagates; x < −87 flushes to 0
 // (this covers −inf); x > 88.7 gives inf.
+// Constants of every exp of the kernels (this one, vec_impl.h's vexp, amx_impl.h's exp_nonpositive).
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693145751953125f;
+constexpr float kLn2Lo = 1.42860682030941723e-6f;
+constexpr float kRound = 12582912.0f;  // 1.5·2^23: adding and subtracting it rounds to an integer
+
 inline float exp_fast(float x) {
-  constexpr float kLog2e = 1.44269504088896341f;
-  constexpr float kLn2Hi = 0.693145751953125f;
-  constexpr float kLn2Lo = 1.42860682030941723e-6f;
-  constexpr float kRound = 12582912.0f;  // 1.5·2^23: adding and subtracting it rounds to an integer
   float xc = x < -87.0f ? -87.0f : x;    // comparisons with NaN are false: NaN passes through
   xc = xc > 88.0f ? 88.0f : xc;
   const float n = (xc * kLog2e + kRound) - kRound;

@@ -150,8 +150,8 @@ FASTFER_VI vf16 vexp(vf16 x) {
   const vf16 lo = zero - 87.0f, hi = zero + 88.0f;
   vf16 xc = x < lo ? lo : x;  // NaN compares false: passes through
   xc = xc > hi ? hi : xc;
-  const vf16 n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const vf16 r = (xc - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
+  const vf16 n = (xc * kLog2e + kRound) - kRound;
+  const vf16 r = (xc - n * kLn2Hi) - n * kLn2Lo;
   vf16 p = zero + 1.0f / 5040.0f;
   p = p * r + 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
