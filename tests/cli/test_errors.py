@@ -115,6 +115,7 @@ def test_eval_of_a_run_without_data_reproduces_its_own_test_number(trained, tmp_
     (["--set", "min_lr=1", "--lr", "0.01"], r"schedule.min_lr: expected ≤ optim.lr \(0.01\), got 1"),
     (["--set", "warmup_epochs=-1"], r"schedule.warmup_epochs: expected a finite number ≥ 0, got -1"),
     (["--set", "model_kwargs.depth=2", "--set", "model_kwargs.depth.x=1"], r"--set .*cannot descend"),
+    (["--set", "model_kwargs.head_init_std=-1"], r"head_init_std: expected a number >= 0, got -1"),
 ])
 def test_bad_configuration_is_one_line(tmp_path, capsys, extra, pattern):
     code = main(tiny_args(tmp_path / "r", 1, extra=extra))
