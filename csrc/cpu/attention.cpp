@@ -60,7 +60,7 @@ namespace avx512 {
 namespace avx2 {
 #define FASTFER_ISA_ATTR __attribute__((target("arch=x86-64-v3")))
 #define FASTFER_ISA_LEVEL 1
-#define FASTFER_ISA_ROWS 2
+#define FASTFER_ISA_ROWS 4
 #define FASTFER_ISA_AMX 0
 #include "attention_impl.h"
 #undef FASTFER_ISA_ATTR
@@ -73,7 +73,7 @@ namespace avx2 {
 namespace portable {
 #define FASTFER_ISA_ATTR
 #define FASTFER_ISA_LEVEL 0
-#define FASTFER_ISA_ROWS 1
+#define FASTFER_ISA_ROWS 2
 #define FASTFER_ISA_AMX 0
 #include "attention_impl.h"
 #undef FASTFER_ISA_ATTR

@@ -151,10 +151,10 @@ FASTFER_VI void grad_rows(const Dims& g, const GradHead& t, int64_t c0, int64_t 
       float* p_row = p + r * g.n_pad;
       float* ds_row = ds + r * g.n_pad;
       const float row_lse = t.lse[g0 + r], row_delta = t.delta[g0 + r];
-      for (int64_t j = 0; j < g.n_pad; j += kLanes) {
-        const vf16 pj = vexp(FASTFER_VLOAD(p_row + j) - row_lse);
-        FASTFER_VSTORE(p_row + j, pj);
-        FASTFER_VSTORE(ds_row + j, pj * (FASTFER_VLOAD(ds_row + j) - row_delta));
+      for (int64_t j = 0; j < g.n_pad; j += kW) {
+        const vn pj = vexp(vload(p_row + j) - row_lse);
+        vstore(p_row + j, pj);
+        vstore(ds_row + j, pj * (vload(ds_row + j) - row_delta));
       }
       for (int64_t j = g.N; j < g.n_pad; ++j) p_row[j] = ds_row[j] = 0.0f;  // padding keys
     }

@@ -40,79 +40,73 @@ FASTFER_ISA_ATTR void scores_channel_major(const T* x, int64_t N, int64_t C, int
   }
 }
 
-// 16 elements of T at p as fp32 / back (exact both ways for fp16 and bf16 values).
+// kW elements of T at p as fp32 / back (exact both ways for fp16 and bf16 values).
 template <typename T>
-FASTFER_ISA_ATTR inline __attribute__((always_inline)) vf16 load16(const T* p) {
+FASTFER_ISA_ATTR inline __attribute__((always_inline)) vn loadn(const T* p) {
   if constexpr (std::is_same<T, float>::value) {
-    return FASTFER_VLOAD(p);
+    return vload(p);
   } else {
-    float tmp[kLanes];
-    convert_in(p, kLanes, 1.0f, tmp);
-    return FASTFER_VLOAD(tmp);
+    float tmp[kW];
+    convert_in(p, kW, 1.0f, tmp);
+    return vload(tmp);
   }
 }
 
 template <typename T>
-FASTFER_ISA_ATTR inline __attribute__((always_inline)) void store16(T* p, vf16 v) {
+FASTFER_ISA_ATTR inline __attribute__((always_inline)) void storen(T* p, vn v) {
   if constexpr (std::is_same<T, float>::value) {
-    FASTFER_VSTORE(p, v);
+    vstore(p, v);
   } else {
-    float tmp[kLanes];
-    FASTFER_VSTORE(tmp, v);
-    convert_out(tmp, kLanes, 1.0f, p);
+    float tmp[kW];
+    vstore(tmp, v);
+    convert_out(tmp, kW, 1.0f, p);
   }
 }
 
 // grad_x of one image with positions contiguous (NCHW): xb[c·stride_c + n] = gb[slot[n]][c], or 0 where
 // slot[n] < 0. A per-channel loop reads gb with a stride of C elements per position (one cache line per
-// element); 16 × 16 blocks transposed in registers read whole rows instead.
+// element); kW × kW blocks transposed in registers read whole rows instead.
 template <typename T>
 FASTFER_ISA_ATTR void scatter_position_major(const T* gb, const int32_t* slot, int64_t N, int64_t C, int64_t stride_c,
                                              T* xb) {
-  const int64_t n16 = N / kLanes * kLanes, c16 = C / kLanes * kLanes;
-  for (int64_t n0 = 0; n0 < n16; n0 += kLanes) {
-    for (int64_t c0 = 0; c0 < c16; c0 += kLanes) {
-      vf16 m[kLanes];
+  const int64_t nw = N / kW * kW, cw = C / kW * kW;
+  for (int64_t n0 = 0; n0 < nw; n0 += kW) {
+    for (int64_t c0 = 0; c0 < cw; c0 += kW) {
+      vn m[kW];
 #pragma GCC unroll 16
-      for (int i = 0; i < kLanes; ++i) m[i] = slot[n0 + i] < 0 ? vf16{} : load16(gb + slot[n0 + i] * C + c0);
-      transpose_step<8>(m);
-      transpose_step<4>(m);
-      transpose_step<2>(m);
-      transpose_step<1>(m);
+      for (int i = 0; i < kW; ++i) m[i] = slot[n0 + i] < 0 ? vn{} : loadn(gb + slot[n0 + i] * C + c0);
+      transpose_block(m);
 #pragma GCC unroll 16
-      for (int j = 0; j < kLanes; ++j) store16(xb + (c0 + j) * stride_c + n0, m[j]);
+      for (int j = 0; j < kW; ++j) storen(xb + (c0 + j) * stride_c + n0, m[j]);
     }
-    for (int64_t c = c16; c < C; ++c)
-      for (int64_t n = n0; n < n0 + kLanes; ++n) xb[c * stride_c + n] = slot[n] < 0 ? T(0.0f) : gb[slot[n] * C + c];
+    for (int64_t c = cw; c < C; ++c)
+      for (int64_t n = n0; n < n0 + kW; ++n) xb[c * stride_c + n] = slot[n] < 0 ? T(0.0f) : gb[slot[n] * C + c];
   }
   for (int64_t c = 0; c < C; ++c)
-    for (int64_t n = n16; n < N; ++n) xb[c * stride_c + n] = slot[n] < 0 ? T(0.0f) : gb[slot[n] * C + c];
+    for (int64_t n = nw; n < N; ++n) xb[c * stride_c + n] = slot[n] < 0 ? T(0.0f) : gb[slot[n] * C + c];
 }
 
 // tokens (k × C) of one image with positions contiguous (NCHW): tokens[t][c] = x[c][index[t]] (+ pos, added
-// in fp32 and rounded once). The map is first transposed to token-major fp32 (tmp: N × C) in 16 × 16
+// in fp32 and rounded once). The map is first transposed to token-major fp32 (tmp: N × C) in kW × kW
 // register blocks — reading a channel-strided column per token touched one cache line per element.
 template <typename T>
 FASTFER_ISA_ATTR void gather_position_major(const T* x, int64_t N, int64_t C, int64_t stride_c, const int64_t* index,
                                             int64_t k, const float* pos, T* tokens, float* tmp) {
-  const int64_t n16 = N / kLanes * kLanes, c16 = C / kLanes * kLanes;
-  for (int64_t n0 = 0; n0 < n16; n0 += kLanes) {
-    for (int64_t c0 = 0; c0 < c16; c0 += kLanes) {
-      vf16 m[kLanes];
+  const int64_t nw = N / kW * kW, cw = C / kW * kW;
+  for (int64_t n0 = 0; n0 < nw; n0 += kW) {
+    for (int64_t c0 = 0; c0 < cw; c0 += kW) {
+      vn m[kW];
 #pragma GCC unroll 16
-      for (int j = 0; j < kLanes; ++j) m[j] = load16(x + (c0 + j) * stride_c + n0);
-      transpose_step<8>(m);
-      transpose_step<4>(m);
-      transpose_step<2>(m);
-      transpose_step<1>(m);
+      for (int j = 0; j < kW; ++j) m[j] = loadn(x + (c0 + j) * stride_c + n0);
+      transpose_block(m);
 #pragma GCC unroll 16
-      for (int i = 0; i < kLanes; ++i) FASTFER_VSTORE(tmp + (n0 + i) * C + c0, m[i]);
+      for (int i = 0; i < kW; ++i) vstore(tmp + (n0 + i) * C + c0, m[i]);
     }
-    for (int64_t c = c16; c < C; ++c)
-      for (int64_t n = n0; n < n0 + kLanes; ++n) tmp[n * C + c] = static_cast<float>(x[c * stride_c + n]);
+    for (int64_t c = cw; c < C; ++c)
+      for (int64_t n = n0; n < n0 + kW; ++n) tmp[n * C + c] = static_cast<float>(x[c * stride_c + n]);
   }
   for (int64_t c = 0; c < C; ++c)
-    for (int64_t n = n16; n < N; ++n) tmp[n * C + c] = static_cast<float>(x[c * stride_c + n]);
+    for (int64_t n = nw; n < N; ++n) tmp[n * C + c] = static_cast<float>(x[c * stride_c + n]);
   for (int64_t t = 0; t < k; ++t) {
     float* row = tmp + index[t] * C;
     if (pos != nullptr) {

@@ -6,10 +6,27 @@
 // Conversions: bf16 → fp32 is a 16-bit shift and fp32 → bf16 a round-to-nearest-even on the bit pattern,
 // both plain integer vector code; fp16 uses the F16C / AVX-512 conversion instructions where the variant
 // has them and c10's software conversion in the portable variant. All of them round as torch's .to(dtype).
-// Tiles: register-blocked fp32 products with compile-time shapes (R rows × CV vectors of 16 lanes), so the
+// Tiles: register-blocked fp32 products with compile-time shapes (R rows × CV native vectors of kW lanes), so the
 // accumulators stay in registers; operands are fp32 scratch prepared by the caller (scaled, zero-padded).
 
 #define FASTFER_VI FASTFER_ISA_ATTR inline __attribute__((always_inline))
+
+// The variant's native vector: kW fp32 lanes in one register (zmm 16, ymm 8, xmm 4). The vector code below
+// is written with it, not with isa.h's 16-lane vf16: GCC lowers a vector wider than the target's registers
+// through the stack (each 16-lane value stored, then reloaded piecewise), which made the AVX2 and portable
+// attention 25× slower than the AVX-512 one. Scratch layouts still pad to kLanes = 16 (a multiple of kW).
+#if FASTFER_ISA_LEVEL >= 2
+constexpr int kW = 16;
+#elif FASTFER_ISA_LEVEL == 1
+constexpr int kW = 8;
+#else
+constexpr int kW = 4;
+#endif
+typedef float vn __attribute__((vector_size(4 * kW), aligned(4), may_alias));
+typedef int32_t vin __attribute__((vector_size(4 * kW), aligned(4), may_alias));
+
+FASTFER_VI vn vload(const float* p) { return *reinterpret_cast<const vn*>(p); }
+FASTFER_VI void vstore(float* p, vn v) { *reinterpret_cast<vn*>(p) = v; }
 
 // ---- element conversion ---------------------------------------------------------------------------------
 
@@ -95,64 +112,68 @@ FASTFER_VI void load_rows(const T* src, int64_t stride_n, int64_t stride_d, cons
   }
 }
 
-// One step of a 16 × 16 transpose in registers: swaps the off-diagonal B × B blocks of every 2B × 2B block.
-// Transposing swaps the bits of the row and column index; the steps B = 8, 4, 2, 1 swap one bit each.
+// One step of a kW × kW transpose in registers: swaps the off-diagonal B × B blocks of every 2B × 2B block.
+// Transposing swaps the bits of the row and column index; the steps B = kW/2, …, 2, 1 swap one bit each.
 // new[i][p] = p & B ? m[i+B][p−B] : m[i][p],  new[i+B][p] = p & B ? m[i+B][p] : m[i][p+B]  (i & B = 0)
+template <int B, int... I>
+FASTFER_VI constexpr vin transpose_lo(std::integer_sequence<int, I...>) {
+  return vin{((I & B) ? kW + I - B : I)...};
+}
+template <int B, int... I>
+FASTFER_VI constexpr vin transpose_hi(std::integer_sequence<int, I...>) {
+  return vin{((I & B) ? kW + I : I + B)...};
+}
+
 template <int B>
-FASTFER_VI void transpose_step(vf16* m) {
-  constexpr vi16 lo = {(0 & B) ? 16 + 0 - B : 0,     (1 & B) ? 16 + 1 - B : 1,     (2 & B) ? 16 + 2 - B : 2,
-                       (3 & B) ? 16 + 3 - B : 3,     (4 & B) ? 16 + 4 - B : 4,     (5 & B) ? 16 + 5 - B : 5,
-                       (6 & B) ? 16 + 6 - B : 6,     (7 & B) ? 16 + 7 - B : 7,     (8 & B) ? 16 + 8 - B : 8,
-                       (9 & B) ? 16 + 9 - B : 9,     (10 & B) ? 16 + 10 - B : 10, (11 & B) ? 16 + 11 - B : 11,
-                       (12 & B) ? 16 + 12 - B : 12, (13 & B) ? 16 + 13 - B : 13, (14 & B) ? 16 + 14 - B : 14,
-                       (15 & B) ? 16 + 15 - B : 15};
-  constexpr vi16 hi = {(0 & B) ? 16 + 0 : 0 + B,     (1 & B) ? 16 + 1 : 1 + B,     (2 & B) ? 16 + 2 : 2 + B,
-                       (3 & B) ? 16 + 3 : 3 + B,     (4 & B) ? 16 + 4 : 4 + B,     (5 & B) ? 16 + 5 : 5 + B,
-                       (6 & B) ? 16 + 6 : 6 + B,     (7 & B) ? 16 + 7 : 7 + B,     (8 & B) ? 16 + 8 : 8 + B,
-                       (9 & B) ? 16 + 9 : 9 + B,     (10 & B) ? 16 + 10 : 10 + B, (11 & B) ? 16 + 11 : 11 + B,
-                       (12 & B) ? 16 + 12 : 12 + B, (13 & B) ? 16 + 13 : 13 + B, (14 & B) ? 16 + 14 : 14 + B,
-                       (15 & B) ? 16 + 15 : 15 + B};
+FASTFER_VI void transpose_step(vn* m) {
+  constexpr vin lo = transpose_lo<B>(std::make_integer_sequence<int, kW>{});
+  constexpr vin hi = transpose_hi<B>(std::make_integer_sequence<int, kW>{});
 #pragma GCC unroll 16
-  for (int i = 0; i < 16; ++i) {
+  for (int i = 0; i < kW; ++i) {
     if (i & B) continue;
-    const vf16 a = m[i], b = m[i + B];
+    const vn a = m[i], b = m[i + B];
     m[i] = __builtin_shuffle(a, b, lo);
     m[i + B] = __builtin_shuffle(a, b, hi);
   }
 }
 
-// dst[c][r] = src[r][c] for r < rows_pad, c < cols (both multiples of 16), rows ≥ rows reading as 0 (so the
-// padding columns of dst come out zero). 16 × 16 blocks are transposed in registers (64 two-source
-// permutes instead of 512 scalar moves).
+// m[c][r] = m[r][c] for r, c < kW.
+FASTFER_VI void transpose_block(vn* m) {
+  if constexpr (kW >= 16) transpose_step<8>(m);
+  if constexpr (kW >= 8) transpose_step<4>(m);
+  transpose_step<2>(m);
+  transpose_step<1>(m);
+}
+
+// dst[c][r] = src[r][c] for r < rows_pad, c < cols (both multiples of kW), rows ≥ rows reading as 0 (so the
+// padding columns of dst come out zero). kW × kW blocks are transposed in registers (two-source permutes
+// instead of scalar moves).
 FASTFER_VI void transpose(const float* src, int64_t rows, int64_t rows_pad, int64_t cols, int64_t ld_src, float* dst,
                           int64_t ld_dst) {
-  for (int64_t r0 = 0; r0 < rows_pad; r0 += 16) {
-    for (int64_t c0 = 0; c0 < cols; c0 += 16) {
-      vf16 m[16];
+  for (int64_t r0 = 0; r0 < rows_pad; r0 += kW) {
+    for (int64_t c0 = 0; c0 < cols; c0 += kW) {
+      vn m[kW];
 #pragma GCC unroll 16
-      for (int i = 0; i < 16; ++i) m[i] = r0 + i < rows ? FASTFER_VLOAD(src + (r0 + i) * ld_src + c0) : vf16{};
-      transpose_step<8>(m);
-      transpose_step<4>(m);
-      transpose_step<2>(m);
-      transpose_step<1>(m);
+      for (int i = 0; i < kW; ++i) m[i] = r0 + i < rows ? vload(src + (r0 + i) * ld_src + c0) : vn{};
+      transpose_block(m);
 #pragma GCC unroll 16
-      for (int i = 0; i < 16; ++i) FASTFER_VSTORE(dst + (c0 + i) * ld_dst + r0, m[i]);
+      for (int i = 0; i < kW; ++i) vstore(dst + (c0 + i) * ld_dst + r0, m[i]);
     }
   }
 }
 
 // ---- vector math --------------------------------------------------------------------------------------
 
-// exp over 16 lanes, the same algorithm as common.h's exp_fast (Cody–Waite reduction, degree-7 Taylor):
+// exp over kW lanes, the same algorithm as common.h's exp_fast (Cody–Waite reduction, degree-7 Taylor):
 // NaN propagates, x < −87 gives 0 (−inf included), x > 88.7 gives inf.
-FASTFER_VI vf16 vexp(vf16 x) {
-  const vf16 zero = {};
-  const vf16 lo = zero - 87.0f, hi = zero + 88.0f;
-  vf16 xc = x < lo ? lo : x;  // NaN compares false: passes through
+FASTFER_VI vn vexp(vn x) {
+  const vn zero = {};
+  const vn lo = zero - 87.0f, hi = zero + 88.0f;
+  vn xc = x < lo ? lo : x;  // NaN compares false: passes through
   xc = xc > hi ? hi : xc;
-  const vf16 n = (xc * kLog2e + kRound) - kRound;
-  const vf16 r = (xc - n * kLn2Hi) - n * kLn2Lo;
-  vf16 p = zero + 1.0f / 5040.0f;
+  const vn n = (xc * kLog2e + kRound) - kRound;
+  const vn r = (xc - n * kLn2Hi) - n * kLn2Lo;
+  vn p = zero + 1.0f / 5040.0f;
   p = p * r + 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
   p = p * r + 1.0f / 24.0f;
@@ -160,41 +181,41 @@ FASTFER_VI vf16 vexp(vf16 x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const vi16 ni = __builtin_convertvector(n == n ? n : zero, vi16);  // NaN lanes: any exponent, p is NaN
-  const vf16 two_n = (vf16)((ni + 127) << 23);
-  const vf16 y = p * two_n;
-  const vf16 inf = zero + kInf;
+  const vin ni = __builtin_convertvector(n == n ? n : zero, vin);  // NaN lanes: any exponent, p is NaN
+  const vn two_n = (vn)((ni + 127) << 23);
+  const vn y = p * two_n;
+  const vn inf = zero + kInf;
   return x < lo ? zero : (x > zero + 88.7f ? inf : y);
 }
 
-FASTFER_VI float hmax(vf16 v) {
+FASTFER_VI float hmax(vn v) {
   float m = v[0];
-  for (int l = 1; l < kLanes; ++l) m = v[l] > m ? v[l] : m;
+  for (int l = 1; l < kW; ++l) m = v[l] > m ? v[l] : m;
   return m;
 }
 
-FASTFER_VI float hsum(vf16 v) {
+FASTFER_VI float hsum(vn v) {
   float s = 0.0f;
-  for (int l = 0; l < kLanes; ++l) s += v[l];
+  for (int l = 0; l < kW; ++l) s += v[l];
   return s;
 }
 
 // Softmax numerator of one logits row in place: row[0..valid) → exp(row − max), row[valid..padded) → 0
-// (padded a multiple of 16). Returns the max (NaN ignored: NaN reaches the output through its exp) and the
+// (padded a multiple of kLanes). Returns the max (NaN ignored: NaN reaches the output through its exp) and the
 // sum of the exponentials. An all −inf row subtracts 0 instead of −inf, so it gives 0 rather than NaN.
 FASTFER_VI void softmax_row(float* row, int64_t valid, int64_t padded, float* max_out, float* sum_out) {
   for (int64_t j = valid; j < padded; ++j) row[j] = -kInf;
-  vf16 m = vf16{} - kInf;
-  for (int64_t j = 0; j < padded; j += kLanes) {
-    const vf16 x = FASTFER_VLOAD(row + j);
+  vn m = vn{} - kInf;
+  for (int64_t j = 0; j < padded; j += kW) {
+    const vn x = vload(row + j);
     m = x > m ? x : m;
   }
   const float row_max = hmax(m);
   const float base = row_max == -kInf ? 0.0f : row_max;
-  vf16 total = {};
-  for (int64_t j = 0; j < padded; j += kLanes) {
-    const vf16 e = vexp(FASTFER_VLOAD(row + j) - base);
-    FASTFER_VSTORE(row + j, e);
+  vn total = {};
+  for (int64_t j = 0; j < padded; j += kW) {
+    const vn e = vexp(vload(row + j) - base);
+    vstore(row + j, e);
     total += e;
   }
   *max_out = row_max;
@@ -203,19 +224,31 @@ FASTFER_VI void softmax_row(float* row, int64_t valid, int64_t padded, float* ma
 
 // ---- register tiles ---------------------------------------------------------------------------------
 
-// s[r][0..16·CV) = Σ_d a[r][d] · bt[d][0..16·CV)  for r < R   (S = Q Kᵀ with K stored transposed)
+// Column widths of the tiles, in native vectors: a row block takes kWideCV-vector tiles, then kNarrowCV,
+// then single vectors. With R = FASTFER_ISA_ROWS rows, R·CV accumulators + CV operands must fit the
+// registers: 32 zmm (8 × 3 + 3), 16 ymm (4 × 2 + 2), 16 xmm (2 × 4 + 4). Widths are multiples of kLanes,
+// so AVX2 and portable never reach the single-vector tail.
+#if FASTFER_ISA_LEVEL >= 2
+constexpr int kWideCV = 3, kNarrowCV = 2;
+#elif FASTFER_ISA_LEVEL == 1
+constexpr int kWideCV = 2, kNarrowCV = 0;
+#else
+constexpr int kWideCV = 4, kNarrowCV = 0;
+#endif
+
+// s[r][0..kW·CV) = Σ_d a[r][d] · bt[d][0..kW·CV)  for r < R   (S = Q Kᵀ with K stored transposed)
 template <int R, int CV>
 FASTFER_VI void tile_a_bt(const float* a, int64_t lda, const float* bt, int64_t ldb, int64_t depth, float* s,
                           int64_t lds) {
-  vf16 acc[R][CV];
+  vn acc[R][CV];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int c = 0; c < CV; ++c) acc[r][c] = vf16{};
+    for (int c = 0; c < CV; ++c) acc[r][c] = vn{};
   for (int64_t d = 0; d < depth; ++d) {
-    vf16 b[CV];
+    vn b[CV];
 #pragma GCC unroll 4
-    for (int c = 0; c < CV; ++c) b[c] = FASTFER_VLOAD(bt + d * ldb + c * kLanes);
+    for (int c = 0; c < CV; ++c) b[c] = vload(bt + d * ldb + c * kW);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const float x = a[r * lda + d];
@@ -226,34 +259,33 @@ FASTFER_VI void tile_a_bt(const float* a, int64_t lda, const float* bt, int64_t 
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int c = 0; c < CV; ++c) FASTFER_VSTORE(s + r * lds + c * kLanes, acc[r][c]);
+    for (int c = 0; c < CV; ++c) vstore(s + r * lds + c * kW, acc[r][c]);
 }
 
-// s[r][0..cols) for r < R over all columns (cols a multiple of 16): 32-wide tiles, then a 16-wide tail.
+// s[r][0..cols) for r < R over all columns (cols a multiple of 16): column tiles as above.
 template <int R>
 FASTFER_VI void rows_a_bt(const float* a, int64_t lda, const float* bt, int64_t ldb, int64_t depth, int64_t cols,
                           float* s, int64_t lds) {
   int64_t c = 0;
-#if FASTFER_ISA_LEVEL >= 2  // 32 registers: 8 × 3 accumulators + 3 operands
-  for (; c + 3 * kLanes <= cols; c += 3 * kLanes) tile_a_bt<R, 3>(a, lda, bt + c, ldb, depth, s + c, lds);
-#endif
-  for (; c + 2 * kLanes <= cols; c += 2 * kLanes) tile_a_bt<R, 2>(a, lda, bt + c, ldb, depth, s + c, lds);
-  if (c < cols) tile_a_bt<R, 1>(a, lda, bt + c, ldb, depth, s + c, lds);
+  for (; c + kWideCV * kW <= cols; c += kWideCV * kW) tile_a_bt<R, kWideCV>(a, lda, bt + c, ldb, depth, s + c, lds);
+  if constexpr (kNarrowCV > 0)
+    for (; c + kNarrowCV * kW <= cols; c += kNarrowCV * kW) tile_a_bt<R, kNarrowCV>(a, lda, bt + c, ldb, depth, s + c, lds);
+  for (; c < cols; c += kW) tile_a_bt<R, 1>(a, lda, bt + c, ldb, depth, s + c, lds);
 }
 
-// o[r][0..16·CV) = Σ_{j<keys} p[r][j] · v[j][0..16·CV)  for r < R   (O = P V, dQ = dS K)
+// o[r][0..kW·CV) = Σ_{j<keys} p[r][j] · v[j][0..kW·CV)  for r < R   (O = P V, dQ = dS K)
 template <int R, int CV>
 FASTFER_VI void tile_p_v(const float* p, int64_t ldp, const float* v, int64_t ldv, int64_t keys, float* o,
                          int64_t ldo) {
-  vf16 acc[R][CV];
+  vn acc[R][CV];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int c = 0; c < CV; ++c) acc[r][c] = vf16{};
+    for (int c = 0; c < CV; ++c) acc[r][c] = vn{};
   for (int64_t j = 0; j < keys; ++j) {
-    vf16 b[CV];
+    vn b[CV];
 #pragma GCC unroll 4
-    for (int c = 0; c < CV; ++c) b[c] = FASTFER_VLOAD(v + j * ldv + c * kLanes);
+    for (int c = 0; c < CV; ++c) b[c] = vload(v + j * ldv + c * kW);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const float x = p[r * ldp + j];
@@ -264,33 +296,32 @@ FASTFER_VI void tile_p_v(const float* p, int64_t ldp, const float* v, int64_t ld
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int c = 0; c < CV; ++c) FASTFER_VSTORE(o + r * ldo + c * kLanes, acc[r][c]);
+    for (int c = 0; c < CV; ++c) vstore(o + r * ldo + c * kW, acc[r][c]);
 }
 
 template <int R>
 FASTFER_VI void rows_p_v(const float* p, int64_t ldp, const float* v, int64_t ldv, int64_t keys, int64_t width,
                          float* o, int64_t ldo) {
   int64_t c = 0;
-#if FASTFER_ISA_LEVEL >= 2
-  for (; c + 3 * kLanes <= width; c += 3 * kLanes) tile_p_v<R, 3>(p, ldp, v + c, ldv, keys, o + c, ldo);
-#endif
-  for (; c + 2 * kLanes <= width; c += 2 * kLanes) tile_p_v<R, 2>(p, ldp, v + c, ldv, keys, o + c, ldo);
-  if (c < width) tile_p_v<R, 1>(p, ldp, v + c, ldv, keys, o + c, ldo);
+  for (; c + kWideCV * kW <= width; c += kWideCV * kW) tile_p_v<R, kWideCV>(p, ldp, v + c, ldv, keys, o + c, ldo);
+  if constexpr (kNarrowCV > 0)
+    for (; c + kNarrowCV * kW <= width; c += kNarrowCV * kW) tile_p_v<R, kNarrowCV>(p, ldp, v + c, ldv, keys, o + c, ldo);
+  for (; c < width; c += kW) tile_p_v<R, 1>(p, ldp, v + c, ldv, keys, o + c, ldo);
 }
 
-// acc[j][0..16·CV) += Σ_{r<rows} p[r][j] · x[r][0..16·CV)  for j < K   (dV += Pᵀ dO, dK += dSᵀ Q)
+// acc[j][0..kW·CV) += Σ_{r<rows} p[r][j] · x[r][0..kW·CV)  for j < K   (dV += Pᵀ dO, dK += dSᵀ Q)
 template <int K, int CV>
 FASTFER_VI void tile_pt_x(const float* p, int64_t ldp, const float* x, int64_t ldx, int64_t rows, float* acc_out,
                           int64_t ld_acc) {
-  vf16 acc[K][CV];
+  vn acc[K][CV];
 #pragma GCC unroll 16
   for (int k = 0; k < K; ++k)
 #pragma GCC unroll 4
-    for (int c = 0; c < CV; ++c) acc[k][c] = FASTFER_VLOAD(acc_out + k * ld_acc + c * kLanes);
+    for (int c = 0; c < CV; ++c) acc[k][c] = vload(acc_out + k * ld_acc + c * kW);
   for (int64_t r = 0; r < rows; ++r) {
-    vf16 b[CV];
+    vn b[CV];
 #pragma GCC unroll 4
-    for (int c = 0; c < CV; ++c) b[c] = FASTFER_VLOAD(x + r * ldx + c * kLanes);
+    for (int c = 0; c < CV; ++c) b[c] = vload(x + r * ldx + c * kW);
 #pragma GCC unroll 16
     for (int k = 0; k < K; ++k) {
       const float w = p[r * ldp + k];
@@ -301,17 +332,16 @@ FASTFER_VI void tile_pt_x(const float* p, int64_t ldp, const float* x, int64_t l
 #pragma GCC unroll 16
   for (int k = 0; k < K; ++k)
 #pragma GCC unroll 4
-    for (int c = 0; c < CV; ++c) FASTFER_VSTORE(acc_out + k * ld_acc + c * kLanes, acc[k][c]);
+    for (int c = 0; c < CV; ++c) vstore(acc_out + k * ld_acc + c * kW, acc[k][c]);
 }
 
 template <int K>
 FASTFER_VI void keys_pt_x(const float* p, int64_t ldp, const float* x, int64_t ldx, int64_t rows, int64_t width,
                           float* acc, int64_t ld_acc) {
   int64_t c = 0;
-#if FASTFER_ISA_LEVEL >= 2
-  for (; c + 3 * kLanes <= width; c += 3 * kLanes) tile_pt_x<K, 3>(p, ldp, x + c, ldx, rows, acc + c, ld_acc);
-#endif
-  for (; c + 2 * kLanes <= width; c += 2 * kLanes) tile_pt_x<K, 2>(p, ldp, x + c, ldx, rows, acc + c, ld_acc);
-  if (c < width) tile_pt_x<K, 1>(p, ldp, x + c, ldx, rows, acc + c, ld_acc);
+  for (; c + kWideCV * kW <= width; c += kWideCV * kW) tile_pt_x<K, kWideCV>(p, ldp, x + c, ldx, rows, acc + c, ld_acc);
+  if constexpr (kNarrowCV > 0)
+    for (; c + kNarrowCV * kW <= width; c += kNarrowCV * kW) tile_pt_x<K, kNarrowCV>(p, ldp, x + c, ldx, rows, acc + c, ld_acc);
+  for (; c < width; c += kW) tile_pt_x<K, 1>(p, ldp, x + c, ldx, rows, acc + c, ld_acc);
 }
 
