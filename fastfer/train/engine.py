@@ -199,6 +199,10 @@ class Trainer:
         test_tf = make_transforms(d.transform, size, mean, std, False)
         self.val_set = Augmented(self.splits.val, test_tf)
         self.test_set = Augmented(self.splits.test, test_tf)
+        if self.cfg.runtime.workers is None and self.train_set.batches_in_memory:
+            # in-memory images through a batch transform: about 1 ms per batch in this process, where a worker
+            # process would only compete with the step for the cores (measured on the 2-core CPU: see light.py)
+            self.workers = 0
         self.validate = len(self.splits.val) > 0
         if not self.validate:
             self._no_validation()
