@@ -242,7 +242,7 @@ def test_head_init_std():
     # 0 (default): the paper's zero head; > 0: trunc-normal weights (zero bias), also after reset_classifier.
     assert (create_model("apvit_tiny").head.weight == 0).all()
     model = create_model("apvit_tiny", head_init_std=0.02)
-    w = model.head.weight
+    w = model.head.weight.detach()
     assert (w != 0).all() and 0.01 < float(w.std()) < 0.03
     assert (model.head.bias == 0).all()
     model.reset_classifier(3)
