@@ -23,8 +23,8 @@
 
 #include "common.h"
 
-// The portable variant lowers the 64-byte vectors to SSE; GCC then notes that such a value would be passed
-// differently across a call. None is: every function taking one is force-inlined.
+// The AVX2 / AVX-512 variants' 32- and 64-byte vectors would be passed differently across a call than the
+// baseline ABI passes them, which GCC notes. None is: every function taking one is force-inlined.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace fastfer {

@@ -23,16 +23,8 @@
 namespace fastfer {
 namespace cpu {
 
-// 16 fp32 lanes as a GCC vector: one zmm register in the AVX-512 variant, two ymm in the AVX2 one, four
-// xmm in the portable one. The kernels are written with it once, and each variant's compiler lowers it.
-// aligned(4) + may_alias: loads and stores through it may be unaligned and alias plain float arrays.
-typedef float vf16 __attribute__((vector_size(64), aligned(4), may_alias));
-typedef int32_t vi16 __attribute__((vector_size(64), aligned(4), may_alias));
-typedef uint32_t vu16 __attribute__((vector_size(64), aligned(4), may_alias));
+// Scratch rows are padded to 16 fp32 lanes (one zmm): a multiple of every variant's vector width (vec_impl.h).
 constexpr int kLanes = 16;
-
-#define FASTFER_VLOAD(p) (*reinterpret_cast<const ::fastfer::cpu::vf16*>(p))
-#define FASTFER_VSTORE(p, v) (*reinterpret_cast<::fastfer::cpu::vf16*>(p) = (v))
 
 }  // namespace cpu
 }  // namespace fastfer

@@ -195,7 +195,7 @@ void backward_typed(const PatchPoolBackwardArgs& a, Isa isa) {
             for (int64_t c = 0; c < C; ++c) dst[c * a.stride_c] = src[c];
           }
         }
-      } else if (a.stride_n == 1) {  // NCHW: a transpose of the kept rows, in 16 × 16 register blocks
+      } else if (a.stride_n == 1) {  // NCHW: a transpose of the kept rows, in register blocks
         switch (isa) {
 #if FASTFER_ISA_VARIANTS
           case Isa::kAvx512: avx512::scatter_position_major(gb, slot, N, C, a.stride_c, xb); break;

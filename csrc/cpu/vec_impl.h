@@ -11,9 +11,9 @@
 
 #define FASTFER_VI FASTFER_ISA_ATTR inline __attribute__((always_inline))
 
-// The variant's native vector: kW fp32 lanes in one register (zmm 16, ymm 8, xmm 4). The vector code below
-// is written with it, not with isa.h's 16-lane vf16: GCC lowers a vector wider than the target's registers
-// through the stack (each 16-lane value stored, then reloaded piecewise), which made the AVX2 and portable
+// The variant's native vector: kW fp32 lanes in one register (zmm 16, ymm 8, xmm 4). The vector code below is
+// written with it, not with one 16-lane type for all variants: GCC lowers a vector wider than the target's
+// registers through the stack (each value stored, then reloaded piecewise), which made the AVX2 and portable
 // attention 25× slower than the AVX-512 one. Scratch layouts still pad to kLanes = 16 (a multiple of kW).
 #if FASTFER_ISA_LEVEL >= 2
 constexpr int kW = 16;
@@ -269,7 +269,8 @@ FASTFER_VI void rows_a_bt(const float* a, int64_t lda, const float* bt, int64_t 
   int64_t c = 0;
   for (; c + kWideCV * kW <= cols; c += kWideCV * kW) tile_a_bt<R, kWideCV>(a, lda, bt + c, ldb, depth, s + c, lds);
   if constexpr (kNarrowCV > 0)
-    for (; c + kNarrowCV * kW <= cols; c += kNarrowCV * kW) tile_a_bt<R, kNarrowCV>(a, lda, bt + c, ldb, depth, s + c, lds);
+    for (; c + kNarrowCV * kW <= cols; c += kNarrowCV * kW)
+      tile_a_bt<R, kNarrowCV>(a, lda, bt + c, ldb, depth, s + c, lds);
   for (; c < cols; c += kW) tile_a_bt<R, 1>(a, lda, bt + c, ldb, depth, s + c, lds);
 }
 
@@ -305,7 +306,8 @@ FASTFER_VI void rows_p_v(const float* p, int64_t ldp, const float* v, int64_t ld
   int64_t c = 0;
   for (; c + kWideCV * kW <= width; c += kWideCV * kW) tile_p_v<R, kWideCV>(p, ldp, v + c, ldv, keys, o + c, ldo);
   if constexpr (kNarrowCV > 0)
-    for (; c + kNarrowCV * kW <= width; c += kNarrowCV * kW) tile_p_v<R, kNarrowCV>(p, ldp, v + c, ldv, keys, o + c, ldo);
+    for (; c + kNarrowCV * kW <= width; c += kNarrowCV * kW)
+      tile_p_v<R, kNarrowCV>(p, ldp, v + c, ldv, keys, o + c, ldo);
   for (; c < width; c += kW) tile_p_v<R, 1>(p, ldp, v + c, ldv, keys, o + c, ldo);
 }
 
@@ -341,7 +343,8 @@ FASTFER_VI void keys_pt_x(const float* p, int64_t ldp, const float* x, int64_t l
   int64_t c = 0;
   for (; c + kWideCV * kW <= width; c += kWideCV * kW) tile_pt_x<K, kWideCV>(p, ldp, x + c, ldx, rows, acc + c, ld_acc);
   if constexpr (kNarrowCV > 0)
-    for (; c + kNarrowCV * kW <= width; c += kNarrowCV * kW) tile_pt_x<K, kNarrowCV>(p, ldp, x + c, ldx, rows, acc + c, ld_acc);
+    for (; c + kNarrowCV * kW <= width; c += kNarrowCV * kW)
+      tile_pt_x<K, kNarrowCV>(p, ldp, x + c, ldx, rows, acc + c, ld_acc);
   for (; c < width; c += kW) tile_pt_x<K, 1>(p, ldp, x + c, ldx, rows, acc + c, ld_acc);
 }
 

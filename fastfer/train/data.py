@@ -155,13 +155,12 @@ class Augmented(Dataset):
         if not self.batches_in_memory:
             return [self[k] for k in keys]
         pairs = [k if isinstance(k, tuple) else (k, None) for k in keys]
-        index = torch.tensor([int(i) for i, _ in pairs], dtype=torch.long)
-        n = len(self.base)
-        if len(index) and not bool(((index >= -n) & (index < n)).all()):
-            bad = [int(i) for i in index if not -n <= int(i) < n]
-            raise IndexError(f"index {bad[0]} out of range for a dataset of {n} images")
-        x = self.transform.batch(self.base.images[index], [s for _, s in pairs])
-        return list(zip(x.unbind(0), (self.base.targets[int(i)] for i in index)))
+        positions, n = [int(i) for i, _ in pairs], len(self.base)
+        bad = next((i for i in positions if not -n <= i < n), None)
+        if bad is not None:
+            raise IndexError(f"index {bad} out of range for a dataset of {n} images")
+        x = self.transform.batch(self.base.images[positions], [s for _, s in pairs])
+        return list(zip(x.unbind(0), (self.base.targets[i] for i in positions)))
 
     @property
     def batches_in_memory(self) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+from torchvision.transforms import v2
 
 
 class LightTransform:
@@ -64,8 +65,6 @@ class LightTransform:
 
     def _as_uint8_batch(self, x, name: str) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):  # PIL image (or array): torchvision's conversion
-            from torchvision.transforms import v2
-
             x = v2.functional.to_image(x)[None]
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"{name}: expected 3-channel images (B, 3, H, W) / (3, H, W), got shape "
@@ -73,14 +72,10 @@ class LightTransform:
         if x.dtype != torch.uint8:
             raise ValueError(f"{name}: expected uint8 pixels, got {x.dtype}")
         if x.shape[-2:] != (self.size, self.size):
-            from torchvision.transforms import v2
-
             x = v2.functional.resize(x, [self.size, self.size], antialias=True)
         return x
 
     def _finish(self, x: torch.Tensor, draws) -> torch.Tensor:
-        from torchvision.transforms import v2
-
         if draws is not None:
             x = self._shift_flip(x, draws)
         x = v2.functional.to_dtype(x, torch.float32, scale=True)
